@@ -1,0 +1,269 @@
+"""The Cream search space and `Arch`, the one description of a network in it.
+
+An `Arch` is a small immutable value: the choice index of every block in the five
+choice stages, plus the few settings that shape the network around them (input size
+and channels, class count, stem width and stride, dropout, drop-path). The FLOPs
+counter, the child-net builder, the zoo, the exporter and the search all take an `Arch`,
+and all of them decode it through `block_specs`, so there is one meaning of every
+architecture.
+
+Canonical string (what `str(arch)` returns and `Arch.parse` reads):
+
+    [3][3,3][3,1,3][3,3,3,3][3,3,3]@224;in=3;classes=1000;stem=16/2;dropout=0.2;drop_path=0
+
+Only the bracketed path is required; every `;key=value` after it is optional and
+defaults to the ImageNet settings. `@224` gives the input size.
+
+Example:
+
+    >>> arch = Arch.parse("[3][3,3][3,1,3][3,3,3,3][3,3,3]@224")
+    >>> arch.depths
+    (1, 2, 3, 4, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Iterable, Sequence
+
+# Choice index -> (kernel size, expansion ratio), as in the paper and the official code.
+CHOICES: tuple[tuple[int, int], ...] = ((3, 4), (3, 6), (5, 4), (5, 6), (7, 4), (7, 6))
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """One choice stage: output channels and the stride of its first block."""
+
+    channels: int
+    stride: int
+
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec(24, 2), StageSpec(40, 2), StageSpec(80, 2), StageSpec(96, 1), StageSpec(192, 2))
+# The deepest stage of any published Cream model (cream_604 has six blocks in stages 4 and 5);
+# the supernet a search trains is usually shallower (see flops.depths_for_flops_range).
+MAX_BLOCKS = 6
+DS_CHANNELS = 16  # fixed depthwise-separable stage 0
+LAST_CHANNELS = 320  # fixed 1x1 conv stage 6
+HEAD_CHANNELS = 1280
+SE_RATIO = 0.25
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round channels as timm/the official code do: to a multiple of `divisor`, at most 10% down."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """One block of the decoded network, with every width and stride resolved.
+
+    kind: 'stem' (conv-bn-swish), 'ds' (depthwise-separable), 'ir' (MBConv), 'cn'
+    (1x1 conv-bn-swish). `stage` is the position in the official module tree (0 = ds stage,
+    1..5 = choice stages, 6 = cn stage; -1 = stem); `choice` is -1 for fixed blocks.
+    """
+
+    kind: str
+    stage: int
+    index: int
+    choice: int
+    kernel: int
+    stride: int
+    in_channels: int
+    out_channels: int
+    mid_channels: int
+    se_channels: int
+    in_size: int
+
+    @property
+    def out_size(self) -> int:
+        # Symmetric k//2 padding (PyTorch style): out = floor((n + 2*(k//2) - k) / s) + 1.
+        return (self.in_size + 2 * (self.kernel // 2) - self.kernel) // self.stride + 1
+
+    @property
+    def residual(self) -> bool:
+        return self.kind in ("ds", "ir") and self.stride == 1 and self.in_channels == self.out_channels
+
+    @property
+    def name(self) -> str:
+        """Layer-name prefix, mirroring the official module tree (`blocks.2.1` -> `blocks_2_1`)."""
+        return "stem" if self.kind == "stem" else f"blocks_{self.stage}_{self.index}"
+
+
+_PATH_RE = re.compile(r"^\s*((?:\[\s*\d+(?:\s*,\s*\d+)*\s*\]\s*){5})(?:@\s*(\d+))?\s*$")
+_KEYS = ("in", "classes", "stem", "dropout", "drop_path")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """A network of the Cream space: block choices per stage plus the settings around them.
+
+    Attributes:
+      choices: five tuples, one per choice stage, of choice indices 0..5 (see CHOICES).
+      input_size: side of the square input image.
+      in_channels: 3 for RGB, 1 for grayscale.
+      num_classes: width of the classifier.
+      stem_channels: width of the stem convolution.
+      stem_stride: 2 as in the paper; 1 for small images such as 28x28.
+      dropout: dropout rate before the classifier.
+      drop_path: stochastic-depth rate of the last block; scaled linearly from 0 at the first.
+    """
+
+    choices: tuple[tuple[int, ...], ...]
+    input_size: int = 224
+    in_channels: int = 3
+    num_classes: int = 1000
+    stem_channels: int = 16
+    stem_stride: int = 2
+    dropout: float = 0.2
+    drop_path: float = 0.0
+
+    def __post_init__(self):
+        choices = tuple(tuple(int(c) for c in stage) for stage in self.choices)
+        object.__setattr__(self, "choices", choices)
+        if len(choices) != len(STAGES):
+            raise ValueError(
+                f"An architecture has {len(STAGES)} choice stages; got {len(choices)}: {choices}.")
+        for i, (stage, spec) in enumerate(zip(choices, STAGES)):
+            if not 1 <= len(stage) <= MAX_BLOCKS:
+                raise ValueError(
+                    f"Stage {i + 1} (c{spec.channels}) has {len(stage)} blocks; "
+                    f"valid is 1..{MAX_BLOCKS}.")
+            for c in stage:
+                if not 0 <= c < len(CHOICES):
+                    raise ValueError(
+                        f"Choice index {c} in stage {i + 1} is out of range; valid is 0..{len(CHOICES) - 1} "
+                        f"(kernel, expansion) = {dict(enumerate(CHOICES))}.")
+        _check_int("in_channels", self.in_channels, 1)
+        _check_int("num_classes", self.num_classes, 1)
+        _check_int("stem_channels", self.stem_channels, 1)
+        if self.stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2; got {self.stem_stride!r}.")
+        for name in ("dropout", "drop_path"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1); got {value!r}.")
+        _check_int("input_size", self.input_size, 1)
+        min_size = self.total_stride
+        if self.input_size < min_size:
+            raise ValueError(
+                f"input_size {self.input_size} is too small for this network: its strides reduce "
+                f"the image by {self.total_stride}x, so the input must be at least {min_size} pixels "
+                f"(or use stem_stride=1 for small images).")
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return tuple(len(stage) for stage in self.choices)
+
+    @property
+    def total_stride(self) -> int:
+        stride = self.stem_stride
+        for spec in STAGES:
+            stride *= spec.stride
+        return stride
+
+    @property
+    def path(self) -> str:
+        """The bracketed choices alone, e.g. '[3][3,3][3,1,3][3,3,3,3][3,3,3]'."""
+        return "".join("[" + ",".join(str(c) for c in stage) + "]" for stage in self.choices)
+
+    def __str__(self) -> str:
+        return (f"{self.path}@{self.input_size};in={self.in_channels};classes={self.num_classes};"
+                f"stem={self.stem_channels}/{self.stem_stride};dropout={self.dropout:g};"
+                f"drop_path={self.drop_path:g}")
+
+    def replace(self, **changes) -> "Arch":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def parse(cls, text: str, **defaults) -> "Arch":
+        """Reads the canonical string; keyword arguments fill settings the string leaves out."""
+        if not isinstance(text, str):
+            raise ValueError(f"An architecture string must be a str; got {type(text).__name__}.")
+        head, *options = text.split(";")
+        match = _PATH_RE.match(head)
+        if not match:
+            raise ValueError(
+                f"Malformed architecture string {text!r}: expected five bracketed lists of choice "
+                "indices with an optional input size and settings, e.g. "
+                "'[3][3,3][3,1,3][3,3,3,3][3,3,3]@224;in=3;classes=1000'.")
+        fields = dict(defaults)
+        fields["choices"] = [tuple(int(c) for c in group.split(","))
+                             for group in re.findall(r"\[([^\]]*)\]", match.group(1))]
+        if match.group(2):
+            fields["input_size"] = int(match.group(2))
+        for option in options:
+            key, sep, value = (part.strip() for part in option.partition("="))
+            if not sep or key not in _KEYS:
+                raise ValueError(
+                    f"Malformed setting {option!r} in architecture string {text!r}; valid keys are "
+                    f"{', '.join(_KEYS)} as key=value.")
+            try:
+                if key == "stem":
+                    width, _, stride = value.partition("/")
+                    fields["stem_channels"] = int(width)
+                    if stride:
+                        fields["stem_stride"] = int(stride)
+                elif key in ("dropout", "drop_path"):
+                    fields[key] = float(value)
+                else:
+                    fields[{"in": "in_channels", "classes": "num_classes"}[key]] = int(value)
+            except ValueError:
+                raise ValueError(f"Setting {option!r} in architecture string {text!r} has a "
+                                 f"value that is not a number.") from None
+        return cls(**fields)
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["choices"] = [list(stage) for stage in self.choices]
+        data["string"] = str(self)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict | str) -> "Arch":
+        if isinstance(data, str):
+            data = json.loads(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known - {"string"}
+        if unknown:
+            raise ValueError(f"Unknown architecture field(s) {sorted(unknown)}; valid are {sorted(known)}.")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+
+
+def block_specs(arch: Arch) -> list[BlockSpec]:
+    """Decodes an architecture into its blocks, stem first, cn stage last (head excluded)."""
+    size = arch.input_size
+    stem = BlockSpec("stem", -1, 0, -1, 3, arch.stem_stride, arch.in_channels,
+                     arch.stem_channels, 0, 0, size)
+    specs = [stem]
+    size = stem.out_size
+    ds = BlockSpec("ds", 0, 0, -1, 3, 1, arch.stem_channels, DS_CHANNELS, 0,
+                   make_divisible(arch.stem_channels * SE_RATIO), size)
+    specs.append(ds)
+    channels = DS_CHANNELS
+    for stage_index, (stage, spec) in enumerate(zip(arch.choices, STAGES), start=1):
+        for block_index, choice in enumerate(stage):
+            kernel, expansion = CHOICES[choice]
+            stride = spec.stride if block_index == 0 else 1
+            mid = make_divisible(channels * expansion)
+            block = BlockSpec("ir", stage_index, block_index, choice, kernel, stride, channels,
+                              spec.channels, mid, make_divisible(mid * SE_RATIO), size)
+            specs.append(block)
+            size, channels = block.out_size, spec.channels
+    specs.append(BlockSpec("cn", len(STAGES) + 1, 0, -1, 1, 1, channels, LAST_CHANNELS, 0, 0, size))
+    return specs
+
+
+def uniform_arch(depths: Iterable[int], choice: int, **settings) -> Arch:
+    """The architecture with `choice` in every block, `depths` blocks per stage."""
+    return Arch(tuple((choice,) * d for d in depths), **settings)

@@ -1,0 +1,128 @@
+"""The blocks of the Cream space as Keras layers made of built-in Keras layers.
+
+Each block is a `keras.layers.Layer` so that a subclassed supernet tracks its weights, and
+its `call` only applies built-in layers (Conv2D, DepthwiseConv2D, BatchNormalization, ...).
+The child-net builder calls `block.call` on symbolic tensors, so an exported child net is a
+functional model of built-in layers that loads without this package, with the same layers
+(and layer names) that the supernet trains: inherited weights map one to one.
+
+Numerics follow PyTorch/timm: BatchNorm epsilon 1e-5 and momentum 0.1 (Keras 0.9),
+symmetric k//2 padding on strided convolutions (TensorFlow's 'same' pads asymmetrically),
+hard_sigmoid = relu6(x + 3) / 6 (Keras 3's definition) for the SE gate, swish elsewhere.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from cream_tf.arch import BlockSpec
+
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
+
+
+def _padded(conv_cls, spec_kernel: int, stride: int, name: str, **kwargs):
+    """A convolution padded as PyTorch pads: k//2 on every side."""
+    if stride == 1:
+        return [conv_cls(kernel_size=spec_kernel, strides=1, padding="same", name=name, **kwargs)]
+    pad = layers.ZeroPadding2D(spec_kernel // 2, name=f"{name}_pad")
+    return [pad, conv_cls(kernel_size=spec_kernel, strides=stride, padding="valid", name=name, **kwargs)]
+
+
+def _conv(filters, kernel, stride, name, use_bias=False):
+    return _padded(layers.Conv2D, kernel, stride, name, filters=filters, use_bias=use_bias)
+
+
+def _dwconv(kernel, stride, name):
+    return _padded(layers.DepthwiseConv2D, kernel, stride, name, use_bias=False)
+
+
+def _bn(name):
+    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+
+
+def _apply(sequence, x, training):
+    for layer in sequence:
+        if isinstance(layer, (layers.BatchNormalization, layers.Dropout)):
+            x = layer(x, training=training)
+        else:
+            x = layer(x)
+    return x
+
+
+class Block(keras.layers.Layer):
+    """A block decoded from a `BlockSpec`: a main path, an optional SE gate, an optional residual.
+
+    Layer names follow the official module tree (`blocks_3_1_conv_dw` for `blocks.3.1.conv_dw`),
+    which is what the checkpoint converter maps.
+    """
+
+    def __init__(self, spec: BlockSpec, drop_path: float = 0.0, **kwargs):
+        super().__init__(name=spec.name, **kwargs)
+        self.spec = spec
+        p = spec.name
+        swish = lambda suffix: layers.Activation("swish", name=f"{p}_{suffix}")  # noqa: E731
+        se, before_se, after_se = [], [], []
+        if spec.kind in ("stem", "cn"):
+            conv_name = "conv_stem" if spec.kind == "stem" else f"{p}_conv"
+            bn_name = "bn1" if spec.kind == "stem" else f"{p}_bn1"
+            before_se = [*_conv(spec.out_channels, spec.kernel, spec.stride, conv_name),
+                         _bn(bn_name), swish("act")]
+        elif spec.kind == "ds":
+            before_se = [*_dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"), _bn(f"{p}_bn1"), swish("act1")]
+            after_se = [*_conv(spec.out_channels, 1, 1, f"{p}_conv_pw"), _bn(f"{p}_bn2")]
+            se = self._se(spec.in_channels, spec.se_channels)
+        elif spec.kind == "ir":
+            before_se = [*_conv(spec.mid_channels, 1, 1, f"{p}_conv_pw"), _bn(f"{p}_bn1"), swish("act1"),
+                         *_dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"), _bn(f"{p}_bn2"), swish("act2")]
+            after_se = [*_conv(spec.out_channels, 1, 1, f"{p}_conv_pwl"), _bn(f"{p}_bn3")]
+            se = self._se(spec.mid_channels, spec.se_channels)
+        else:
+            raise ValueError(f"Unknown block kind {spec.kind!r}; valid are stem, ds, ir, cn.")
+        self.before_se, self.se, self.after_se = before_se, se, after_se
+        self.se_multiply = layers.Multiply(name=f"{p}_se_mul") if se else None
+        self.drop_path = None
+        self.add = None
+        if spec.residual:
+            if drop_path > 0:
+                # Dropping whole samples of the residual branch is stochastic depth.
+                self.drop_path = layers.Dropout(drop_path, noise_shape=(None, 1, 1, 1),
+                                                name=f"{p}_drop_path")
+            self.add = layers.Add(name=f"{p}_add")
+
+    def _se(self, channels, reduced):
+        p = self.spec.name
+        return [layers.GlobalAveragePooling2D(keepdims=True, name=f"{p}_se_pool"),
+                layers.Conv2D(reduced, 1, name=f"{p}_se_conv_reduce"),
+                layers.ReLU(name=f"{p}_se_relu"),
+                layers.Conv2D(channels, 1, name=f"{p}_se_conv_expand"),
+                layers.Activation("hard_sigmoid", name=f"{p}_se_gate")]
+
+    def call(self, inputs, training=None):
+        x = _apply(self.before_se, inputs, training)
+        if self.se:
+            x = self.se_multiply([x, _apply(self.se, x, training)])
+        x = _apply(self.after_se, x, training)
+        if self.add is not None:
+            if self.drop_path is not None:
+                x = self.drop_path(x, training=training)
+            x = self.add([inputs, x])
+        return x
+
+
+class Head(keras.layers.Layer):
+    """MobileNetV3 head: global pool BEFORE a 1x1 conv with bias, swish, dropout, classifier."""
+
+    def __init__(self, num_classes: int, head_channels: int, dropout: float, **kwargs):
+        super().__init__(name="head", **kwargs)
+        self.sequence = [layers.GlobalAveragePooling2D(keepdims=True, name="global_pool"),
+                         layers.Conv2D(head_channels, 1, use_bias=True, name="conv_head"),
+                         layers.Activation("swish", name="act2"),
+                         layers.Flatten(name="flatten")]
+        if dropout > 0:
+            self.sequence.append(layers.Dropout(dropout, name="dropout"))
+        self.sequence.append(layers.Dense(num_classes, name="classifier"))
+
+    def call(self, inputs, training=None):
+        return _apply(self.sequence, inputs, training)

@@ -1,0 +1,37 @@
+"""Builds a child network of the Cream space as a functional Keras model of built-in layers.
+
+Example:
+
+    >>> from cream_tf.arch import Arch
+    >>> model = build_child(Arch.parse("[3][3,3][3,3][3][3]@64"))
+    >>> model.output_shape
+    (None, 1000)
+
+The model takes images already normalized (see the zoo entry's metadata for the mean and
+standard deviation) in NHWC layout and returns logits. Its `.keras` file loads with
+`keras.models.load_model` in a process that never imports cream_tf.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from cream_tf.arch import HEAD_CHANNELS, Arch, block_specs
+from cream_tf.blocks import Block, Head
+
+
+def drop_path_rates(arch: Arch) -> list[float]:
+    """Stochastic-depth rate per block after the stem: linear from 0 to arch.drop_path (timm's rule)."""
+    count = len(block_specs(arch)) - 1
+    return [arch.drop_path * i / count for i in range(count)]
+
+
+def build_child(arch: Arch, name: str = "cream") -> keras.Model:
+    """The network `arch` describes, with freshly initialized weights."""
+    specs = block_specs(arch)
+    inputs = keras.Input((arch.input_size, arch.input_size, arch.in_channels), name="image")
+    x = Block(specs[0]).call(inputs)
+    for spec, rate in zip(specs[1:], drop_path_rates(arch)):
+        x = Block(spec, drop_path=rate).call(x)
+    outputs = Head(arch.num_classes, HEAD_CHANNELS, arch.dropout).call(x)
+    return keras.Model(inputs, outputs, name=name)

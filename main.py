@@ -1,0 +1,87 @@
+"""cream_tf command line.
+
+    python main.py --mode=describe --zoo=cream_287
+    python main.py --mode=describe --arch='[3][3,3][3,1,3][3,3,3,3][3,3,3]@224'
+    python main.py --mode=export --zoo=cream_14 --output_dir=/tmp/cream_14
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+MODES = ("describe", "export")
+
+flags.DEFINE_enum("mode", None, MODES, "What to do.")
+flags.DEFINE_string("zoo", None, "A zoo model name, e.g. cream_287.")
+flags.DEFINE_string("arch", None, "An architecture string, e.g. '[3][3,3][3,1,3][3,3,3,3][3,3,3]@224'.")
+flags.DEFINE_integer("num_classes", None, "Classifier width (default: the architecture's own, 1000 for the zoo).")
+flags.DEFINE_integer("in_channels", None, "Input channels: 3 for RGB, 1 for grayscale (default: the architecture's own).")
+flags.DEFINE_string("weights", None, "export: a .keras file or entry folder to take weights from (default: fresh).")
+flags.DEFINE_string("output_dir", None, "export: the entry folder to write.")
+flags.DEFINE_bool("overwrite", False, "export: replace an existing output folder.")
+FLAGS = flags.FLAGS
+
+
+def _arch_from_flags():
+    from cream_tf import zoo
+    from cream_tf.arch import Arch
+
+    if bool(FLAGS.zoo) == bool(FLAGS.arch):
+        raise app.UsageError("Give exactly one of --zoo=NAME or --arch=STRING "
+                             f"(zoo names: {', '.join(zoo.names())}).")
+    arch = zoo.arch_of(FLAGS.zoo) if FLAGS.zoo else Arch.parse(FLAGS.arch)
+    overrides = {k: v for k, v in (("num_classes", FLAGS.num_classes), ("in_channels", FLAGS.in_channels))
+                 if v is not None}
+    return arch.replace(**overrides)
+
+
+def describe(arch) -> str:
+    from cream_tf import zoo
+    from cream_tf.flops import cost_of
+
+    lines = [f"architecture: {arch}"]
+    if FLAGS.zoo:
+        published = zoo.entry(FLAGS.zoo)
+        lines.insert(0, f"zoo model:    {FLAGS.zoo} (paper, ImageNet: top-1 {published['top1']}, "
+                        f"top-5 {published['top5']})")
+    lines.append(f"depths:       {list(arch.depths)}")
+    return "\n".join(lines + ["", cost_of(arch).table()])
+
+
+def export(arch) -> str:
+    from cream_tf import export as exporter
+    from cream_tf import zoo
+    from cream_tf.childnet import build_child
+
+    if not FLAGS.output_dir:
+        raise app.UsageError("--mode=export needs --output_dir=DIR.")
+    model = build_child(arch, name=FLAGS.zoo or "cream")
+    if FLAGS.weights:
+        zoo.load_weights_from(model, FLAGS.weights)
+    extra = {"zoo_name": FLAGS.zoo, "paper_accuracy": zoo.entry(FLAGS.zoo)} if FLAGS.zoo else {}
+    path = exporter.write_entry(
+        model, arch, FLAGS.output_dir,
+        weights_source=FLAGS.weights or "random initialization (no weights given)",
+        preprocessing=zoo.IMAGENET_PREPROCESSING if FLAGS.zoo else None,
+        extra_metadata=extra, overwrite=FLAGS.overwrite)
+    return f"wrote zoo entry {path} ({', '.join(sorted(p.name for p in path.iterdir()))})"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.mode is None:
+        raise app.UsageError(f"--mode is required; valid modes are {', '.join(MODES)}.")
+    try:
+        arch = _arch_from_flags()
+        print(describe(arch) if FLAGS.mode == "describe" else export(arch))
+    except ValueError as error:
+        raise SystemExit(f"Error: {error}") from None
+
+
+if __name__ == "__main__":
+    app.run(main)

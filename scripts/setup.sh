@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sets up everything cream_tf needs on a fresh Debian machine: the Fashion-MNIST package,
+# a virtual environment (.venv) with the pinned packages, and cream_tf itself (editable).
+#   bash scripts/setup.sh          runtime only
+#   bash scripts/setup.sh --test   plus the test dependencies (pytest, torch, timm)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_test=0
+[[ "${1:-}" == "--test" ]] && with_test=1
+
+data=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+if [[ ! -f "$data" ]]; then
+  sudo=""; [[ "$(id -u)" != 0 ]] && sudo="sudo"
+  echo "Installing Debian package dataset-fashion-mnist ..."
+  $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+fi
+
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -r requirements.txt -c constraints.txt
+if [[ $with_test == 1 ]]; then
+  .venv/bin/python -m pip install -q -r requirements-test.txt -c constraints.txt
+fi
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+echo "cream_tf is set up in .venv"

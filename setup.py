@@ -1,0 +1,18 @@
+from setuptools import find_packages, setup
+
+
+def pinned(path):
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+setup(
+    name="cream_tf",
+    version="0.1.0",
+    description="Cream of the Crop one-shot neural architecture search in TensorFlow/Keras",
+    packages=find_packages(include=["cream_tf", "cream_tf.*"]),
+    python_requires=">=3.11,<3.12",
+    install_requires=pinned("requirements.txt"),
+    extras_require={"test": pinned("requirements-test.txt"),
+                    "torch": ["torch==2.14.1"]},
+)
