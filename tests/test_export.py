@@ -1,0 +1,141 @@
+"""Zoo entries: every format gives the in-memory model's outputs; writes are atomic."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cream_tf import export, zoo
+from cream_tf.flops import cost_of
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def entry(tmp_path_factory):
+    arch = zoo.arch_of("cream_14", num_classes=10)
+    model = zoo.build("cream_14", num_classes=10)
+    path = export.write_entry(model, arch, tmp_path_factory.mktemp("zoo") / "cream_14",
+                              weights_source="random initialization", preprocessing=zoo.IMAGENET_PREPROCESSING)
+    images = np.random.default_rng(0).normal(size=(3, 64, 64, 3)).astype("float32")
+    return path, model, arch, images, model(images, training=False).numpy()
+
+
+def test_entry_folder_holds_every_format(entry):
+    path = entry[0]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "metadata.json", "model.keras", "model_float32.tflite", "saved_model"]
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_metadata_describes_the_model(entry):
+    path, _, arch, _, _ = entry
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["architecture"]["string"] == str(arch)
+    assert meta["flops"]["multiply_adds"] == cost_of(arch).macs
+    assert meta["parameters"] == cost_of(arch).params
+    assert meta["input"]["shape"] == [64, 64, 3]
+    assert meta["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    assert meta["weights"] == "random initialization"
+
+
+def test_keras_file_loads_in_a_fresh_process_without_cream_tf(entry, tmp_path):
+    path, _, _, images, expected = entry
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, keras
+        model = keras.models.load_model({str(path / 'model.keras')!r})
+        np.save({str(tmp_path / 'out.npy')!r}, model(np.load({str(tmp_path / 'images.npy')!r}), training=False))
+        assert not any(m.startswith("cream_tf") for m in sys.modules), "cream_tf was imported"
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    assert np.abs(np.load(tmp_path / "out.npy") - expected).max() <= 1e-5
+
+
+def test_tflite_float_matches_keras(entry):
+    from ai_edge_litert.interpreter import Interpreter
+
+    path, _, _, images, expected = entry
+    interpreter = Interpreter(model_path=str(path / "model_float32.tflite"))
+    runner = interpreter.get_signature_runner()
+    (name,) = runner.get_input_details()
+    outputs = [list(runner(**{name: image[None]}).values())[0][0] for image in images]
+    assert np.abs(np.stack(outputs) - expected).max() <= 1e-4
+
+
+def test_saved_model_matches_keras(entry):
+    path, _, _, images, expected = entry
+    loaded = tf.saved_model.load(str(path / "saved_model"))
+    assert np.abs(loaded.serve(tf.constant(images)).numpy() - expected).max() <= 1e-5
+
+
+def test_zoo_build_takes_weights_from_an_entry(entry):
+    path, _, _, images, expected = entry
+    model = zoo.build("cream_14", num_classes=10, weights=str(path))
+    assert np.abs(model(images, training=False).numpy() - expected).max() <= 1e-6
+    with pytest.raises(ValueError, match="different architecture"):
+        zoo.build("cream_14", num_classes=7, weights=str(path))
+    with pytest.raises(ValueError, match="is not a .keras file or a zoo entry folder"):
+        zoo.build("cream_14", weights=str(path / "metadata.json"))
+
+
+def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    def broken(_):
+        raise RuntimeError("converter failed")
+
+    monkeypatch.setattr(export, "to_tflite_float", broken)
+    arch = zoo.arch_of("cream_14", num_classes=2)
+    with pytest.raises(RuntimeError, match="converter failed"):
+        export.write_entry(zoo.build("cream_14", num_classes=2), arch, tmp_path / "entry",
+                           weights_source="x", preprocessing=None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_folder_is_kept_unless_overwrite(tmp_path):
+    target = tmp_path / "entry"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    arch = zoo.arch_of("cream_14", num_classes=2)
+    model = zoo.build("cream_14", num_classes=2)
+    with pytest.raises(ValueError, match="already exists"):
+        export.write_entry(model, arch, target, weights_source="x", preprocessing=None)
+    assert (target / "keep.txt").read_text() == "mine"
+    export.write_entry(model, arch, target, weights_source="x", preprocessing=None, overwrite=True)
+    assert (target / "model.keras").is_file() and not (target / "keep.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
+
+
+def _main(*args):
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True,
+                          cwd=REPO)
+
+
+def test_cli_describe_prints_the_table():
+    result = _main("--mode=describe", "--zoo=cream_287")
+    assert result.returncode == 0, result.stderr
+    assert "cream_287 (paper, ImageNet: top-1 77.6" in result.stdout
+    assert "290.8M multiply-adds, 6.050M parameters" in result.stdout
+    assert "blocks.5.2.conv_pwl" in result.stdout
+
+
+def test_cli_export_writes_an_entry(tmp_path):
+    result = _main("--mode=export", "--arch=[0][0][0][0][0]@28;in=1;classes=10;stem=8/1",
+                   f"--output_dir={tmp_path / 'tiny'}")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((tmp_path / "tiny" / "metadata.json").read_text())
+    assert meta["architecture"]["in_channels"] == 1 and meta["input"]["shape"] == [28, 28, 1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode=describe", "--zoo=cream_9"], "Unknown zoo model 'cream_9'; valid names are cream_14"),
+    (["--mode=describe", "--arch=[3][9][3][3][3]"], "Choice index 9 in stage 2 is out of range"),
+    (["--mode=describe"], "Give exactly one of --zoo=NAME or --arch=STRING"),
+])
+def test_cli_reports_bad_input(args, message):
+    result = _main(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
