@@ -1,0 +1,149 @@
+"""Typed experiment configuration: dataclasses, YAML files and `--params_override`.
+
+Every option lives here with its default and a comment; YAML files under `configs/` set the
+ones that differ, and `--params_override` ("search.epochs=2,data.batch_size=64" or an inline
+YAML/JSON mapping) changes single values on the command line, as in Model Garden. Unknown keys
+and values of the wrong type are errors that name the key and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from cream_tf import atomic
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where images come from and how they are prepared.
+
+    name: 'fashion_mnist' (Debian's dataset-fashion-mnist, then the Keras cache), 'folder'
+      (one sub-folder of images per class), 'tfrecord' (ImageNet-format TFRecords) or 'tfds'.
+    """
+
+    name: str = "fashion_mnist"
+    data_dir: str = ""  # folder/tfrecord: the root; fashion_mnist: override the search path
+    tfds_name: str = ""  # tfds: the dataset name, e.g. 'imagenette/320px-v2'
+    image_size: int = 28  # side of the square image the network sees
+    channels: int = 1  # 1 grayscale, 3 RGB
+    num_classes: int = 10
+    validation_size: int = 5000  # images of the training split held out for selection
+    batch_size: int = 128  # global batch, split over replicas
+    seed: int = 0
+    mean: tuple[float, ...] = ()  # per-channel; empty = the dataset's default
+    std: tuple[float, ...] = ()
+
+
+def from_dict(cls: type[T], data: dict | None, path: str = "") -> T:
+    """Builds dataclass `cls` from a mapping, recursing into nested dataclasses, strictly."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"Config section {path or cls.__name__!r} must be a mapping; got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else key
+        if key not in fields:
+            raise ValueError(f"Unknown config key {where!r}; valid keys here are {', '.join(fields)}.")
+        values[key] = _coerce(hints[key], value, where)
+    return cls(**values)
+
+
+def _coerce(hint, value, where):
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"Config key {where!r} must be a list; got {value!r}.")
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_coerce(item, v, where) for v in value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    if hint in (int, float, str, bool):
+        raise ValueError(f"Config key {where!r} must be {hint.__name__}; got {value!r}.")
+    return value
+
+
+def to_dict(config) -> dict:
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def parse_override(text: str) -> dict:
+    """'a.b=1,c=x' or a YAML mapping -> nested dict."""
+    text = (text or "").strip()
+    if not text:
+        return {}
+    if text.startswith("{") or "\n" in text:
+        parsed = yaml.safe_load(text)
+        if not isinstance(parsed, dict):
+            raise ValueError(f"--params_override {text!r} is not a mapping.")
+        return parsed
+    result: dict = {}
+    for item in _split_top_level(text):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"Malformed override {item!r}; expected key.subkey=value pairs separated by commas.")
+        node = result
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return result
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Splits on commas outside brackets, so 'a=[1,2],b=3' keeps the list whole."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{("
+        depth -= char in "]})"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [p for p in parts if p.strip()]
+
+
+def merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load(cls: type[T], config_file: str | None = None, params_override: str = "") -> T:
+    """Defaults of `cls`, then the YAML file, then the overrides."""
+    data: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ValueError(f"Config file {config_file!r} does not exist.")
+        data = yaml.safe_load(path.read_text()) or {}
+    data = merge(data, parse_override(params_override))
+    return from_dict(cls, data)
+
+
+def save(config, path) -> None:
+    atomic.write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
