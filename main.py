@@ -3,6 +3,7 @@
     python main.py --mode=describe --zoo=cream_287
     python main.py --mode=describe --arch='[3][3,3][3,1,3][3,3,3,3][3,3,3]@224'
     python main.py --mode=export --zoo=cream_14 --output_dir=/tmp/cream_14
+    python main.py --mode=convert --zoo=cream_287 --checkpoint=287.pth.tar --output_dir=/tmp/cream_287
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-MODES = ("describe", "export")
+MODES = ("describe", "export", "convert")
 
 flags.DEFINE_enum("mode", None, MODES, "What to do.")
 flags.DEFINE_string("zoo", None, "A zoo model name, e.g. cream_287.")
@@ -23,6 +24,10 @@ flags.DEFINE_integer("in_channels", None, "Input channels: 3 for RGB, 1 for gray
 flags.DEFINE_string("weights", None, "export: a .keras file or entry folder to take weights from (default: fresh).")
 flags.DEFINE_string("output_dir", None, "export: the entry folder to write.")
 flags.DEFINE_bool("overwrite", False, "export: replace an existing output folder.")
+flags.DEFINE_string("checkpoint", None, "convert: an official PyTorch checkpoint (.pth.tar) to convert; "
+                    "--output_dir and --overwrite as for export.")
+flags.DEFINE_bool("use_ema", True, "convert: take the checkpoint's EMA weights (state_dict_ema) when it has "
+                  "them; --nouse_ema takes state_dict.")
 FLAGS = flags.FLAGS
 
 
@@ -71,6 +76,25 @@ def export(arch) -> str:
     return f"wrote zoo entry {path} ({', '.join(sorted(p.name for p in path.iterdir()))})"
 
 
+def convert(arch) -> str:
+    from cream_tf import convert as converter
+    from cream_tf import export as exporter
+    from cream_tf import zoo
+
+    if not (FLAGS.checkpoint and FLAGS.output_dir):
+        raise app.UsageError("--mode=convert needs --checkpoint=FILE.pth.tar and --output_dir=DIR.")
+    checkpoint = converter.read_checkpoint(FLAGS.checkpoint, use_ema=FLAGS.use_ema)
+    model, arch = converter.build_from_checkpoint(arch, checkpoint, FLAGS.num_classes, name=FLAGS.zoo or "cream")
+    extra = {"checkpoint": checkpoint.metadata()}
+    if FLAGS.zoo:
+        extra.update(zoo_name=FLAGS.zoo, paper_accuracy=zoo.entry(FLAGS.zoo))
+    # The official training code normalizes with the ImageNet statistics whatever the architecture.
+    path = exporter.write_entry(model, arch, FLAGS.output_dir, weights_source=checkpoint.description,
+                                preprocessing=zoo.IMAGENET_PREPROCESSING, extra_metadata=extra,
+                                overwrite=FLAGS.overwrite)
+    return f"wrote zoo entry {path} from {checkpoint.description}"
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -78,7 +102,7 @@ def main(argv):
         raise app.UsageError(f"--mode is required; valid modes are {', '.join(MODES)}.")
     try:
         arch = _arch_from_flags()
-        print(describe(arch) if FLAGS.mode == "describe" else export(arch))
+        print({"describe": describe, "export": export, "convert": convert}[FLAGS.mode](arch))
     except ValueError as error:
         raise SystemExit(f"Error: {error}") from None
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import keras
 
+from cream_tf import convert
 from cream_tf.arch import Arch
 from cream_tf.childnet import build_child
 
@@ -55,17 +56,25 @@ def arch_of(name: str, **settings) -> Arch:
     return Arch.parse(entry(name)["arch"]).replace(**settings)
 
 
-def build(name: str, num_classes: int = 1000, weights: str | None = None, **settings) -> keras.Model:
+def build(name: str, num_classes: int | None = None, weights: str | None = None, use_ema: bool = True,
+          **settings) -> keras.Model:
     """Builds zoo model `name` as a functional Keras model.
 
     Args:
       name: one of `names()`.
-      num_classes: classifier width.
-      weights: None for fresh weights, or the path of a `.keras` file or a zoo entry folder
-        holding one, for the same architecture.
+      num_classes: classifier width; None means the checkpoint's when `weights` is a PyTorch
+        checkpoint, else 1000.
+      weights: None for fresh weights; the path of a `.keras` file or a zoo entry folder holding
+        one, for the same architecture; or an official PyTorch checkpoint (`.pth.tar`, `.pth`,
+        `.pt`; needs torch).
+      use_ema: for a PyTorch checkpoint, take its `state_dict_ema` when it has one.
       settings: other Arch fields to override (in_channels, dropout, drop_path, ...).
     """
-    arch = arch_of(name, num_classes=num_classes, **settings)
+    if weights is not None and convert.is_checkpoint_path(weights):
+        checkpoint = convert.read_checkpoint(weights, use_ema=use_ema)
+        model, _ = convert.build_from_checkpoint(arch_of(name, **settings), checkpoint, num_classes, name=name)
+        return model
+    arch = arch_of(name, num_classes=1000 if num_classes is None else num_classes, **settings)
     model = build_child(arch, name=name)
     if weights is not None:
         load_weights_from(model, weights)
@@ -79,7 +88,8 @@ def load_weights_from(model: keras.Model, source) -> None:
         path = path / "model.keras"
     if path.suffix != ".keras" or not path.is_file():
         raise ValueError(f"weights={str(source)!r} is not a .keras file or a zoo entry folder holding "
-                         "model.keras; valid are None or such a path.")
+                         "model.keras, nor a PyTorch checkpoint (" + ", ".join(convert.CHECKPOINT_SUFFIXES)
+                         + "); valid are None or such a path.")
     donor = keras.models.load_model(path, compile=False)
     if [tuple(w.shape) for w in donor.weights] != [tuple(w.shape) for w in model.weights]:
         raise ValueError(f"The weights in {str(path)!r} are for a different architecture than "
