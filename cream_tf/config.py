@@ -36,9 +36,18 @@ class DataConfig:
     num_classes: int = 10
     validation_size: int = 5000  # images of the training split held out for selection
     batch_size: int = 128  # global batch, split over replicas
-    seed: int = 0
+    seed: int = 0  # fixes which training images are held out as the validation split
     mean: tuple[float, ...] = ()  # per-channel; empty = the dataset's default
     std: tuple[float, ...] = ()
+    label_offset: int = 0  # tfrecord: added to stored labels; -1 for classic 1-based ImageNet TFRecords
+    # Training-time augmentation (see cream_tf/data.py); evaluation never augments.
+    augment: str = "basic"  # 'none', 'basic' (crop + flip) or 'randaugment' (basic, then RandAugment)
+    randaugment_layers: int = 2  # ops per image (timm's n)
+    randaugment_magnitude: float = 9.0  # 0..10 (timm's m); the paper: 9
+    randaugment_magnitude_std: float = 0.5  # Gaussian noise on the magnitude per op (timm's mstd)
+    random_erasing: float = 0.0  # probability per image, per-pixel noise fill; the paper: 0.2
+    mixup_alpha: float = 0.0  # > 0 turns labels into float32 [B, num_classes] soft labels
+    cutmix_alpha: float = 0.0  # as mixup; with both > 0 each batch uses one of the two
 
 
 def from_dict(cls: type[T], data: dict | None, path: str = "") -> T:
