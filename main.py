@@ -3,6 +3,9 @@
     python main.py --mode=describe --zoo=cream_287
     python main.py --mode=describe --arch='[3][3,3][3,1,3][3,3,3,3][3,3,3]@224'
     python main.py --mode=export --zoo=cream_14 --output_dir=/tmp/cream_14
+    python main.py --mode=search                      # the default Fashion-MNIST search
+    python main.py --mode=search --config_file=configs/search/imagenet.yaml --model_dir=runs/imagenet \
+        --params_override="data.data_dir=/data/imagenet,train.epochs=120"
     python main.py --mode=convert --zoo=cream_287 --checkpoint=287.pth.tar --output_dir=/tmp/cream_287
 """
 
@@ -14,9 +17,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-MODES = ("describe", "export", "convert")
+MODES = ("search", "describe", "export", "convert")
+DEFAULT_SEARCH_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "search",
+                                     "fashion_mnist.yaml")
 
 flags.DEFINE_enum("mode", None, MODES, "What to do.")
+flags.DEFINE_string("config_file", None, "search: a YAML config (default: configs/search/fashion_mnist.yaml).")
+flags.DEFINE_string("params_override", "", "search: overrides, e.g. 'train.epochs=2,data.batch_size=64' or YAML.")
+flags.DEFINE_string("model_dir", "runs/search", "search: where checkpoints, logs and results go; a "
+                    "checkpoint there is resumed.")
 flags.DEFINE_string("zoo", None, "A zoo model name, e.g. cream_287.")
 flags.DEFINE_string("arch", None, "An architecture string, e.g. '[3][3,3][3,1,3][3,3,3,3][3,3,3]@224'.")
 flags.DEFINE_integer("num_classes", None, "Classifier width (default: the architecture's own, 1000 for the zoo).")
@@ -95,12 +104,32 @@ def convert(arch) -> str:
     return f"wrote zoo entry {path} from {checkpoint.description}"
 
 
+def search() -> str:
+    from cream_tf import config as config_lib
+    from cream_tf.search.run import Search
+
+    config = config_lib.load(config_lib.SearchConfig, FLAGS.config_file or DEFAULT_SEARCH_CONFIG,
+                             FLAGS.params_override)
+    result = Search(config, FLAGS.model_dir).run()
+    if result is None:
+        return "worker finished"
+    winner = result["winner"]
+    if winner is None:
+        return f"search finished without a board (see {FLAGS.model_dir}/search_result.json)"
+    return (f"selected {winner['arch']}: {winner['mflops']} MFLOPs, held-out top-1 {winner['val_top1']}%, "
+            f"test top-1 {winner['test_top1']}% -> {winner.get('entry')}\n"
+            f"results: {FLAGS.model_dir}/search_result.json, TensorBoard: {FLAGS.model_dir}/tensorboard")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.mode is None:
         raise app.UsageError(f"--mode is required; valid modes are {', '.join(MODES)}.")
     try:
+        if FLAGS.mode == "search":
+            print(search())
+            return
         arch = _arch_from_flags()
         print({"describe": describe, "export": export, "convert": convert}[FLAGS.mode](arch))
     except ValueError as error:

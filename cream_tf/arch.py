@@ -267,3 +267,59 @@ def block_specs(arch: Arch) -> list[BlockSpec]:
 def uniform_arch(depths: Iterable[int], choice: int, **settings) -> Arch:
     """The architecture with `choice` in every block, `depths` blocks per stage."""
     return Arch(tuple((choice,) * d for d in depths), **settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """The supernet's space: a fixed number of blocks per stage, each free to take any choice.
+
+    `template` carries the settings every path shares (input size, channels, classes, stem,
+    dropout, drop-path) and the depths; a path is the tuple of choices, one per block.
+    """
+
+    template: Arch
+
+    @classmethod
+    def create(cls, depths: Sequence[int], **settings) -> "SearchSpace":
+        return cls(uniform_arch(depths, 0, **settings))
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return self.template.depths
+
+    @property
+    def positions(self) -> list[tuple[int, int]]:
+        """(stage, block) of every choice position, in network order; stages count from 1."""
+        return [(s, b) for s, depth in enumerate(self.depths, start=1) for b in range(depth)]
+
+    def arch(self, path) -> Arch:
+        """The architecture of a path, given as per-stage tuples or as one flat sequence."""
+        if len(path) == len(self.positions) and all(isinstance(c, (int,)) or hasattr(c, "__index__")
+                                                     for c in path):
+            flat, path = list(path), []
+            for depth in self.depths:
+                path.append(tuple(int(c) for c in flat[:depth]))
+                flat = flat[depth:]
+        arch = self.template.replace(choices=tuple(tuple(s) for s in path))
+        if arch.depths != self.depths:
+            raise ValueError(f"Path {arch.path} has depths {arch.depths}; this search space has "
+                             f"{self.depths}.")
+        return arch
+
+    @staticmethod
+    def flat(arch: Arch) -> list[int]:
+        return [c for stage in arch.choices for c in stage]
+
+    def fixed_specs(self) -> list[BlockSpec]:
+        """The blocks every path shares: stem, ds block, cn block."""
+        return [spec for spec in block_specs(self.template) if spec.choice < 0]
+
+    def choice_specs(self) -> list[list[BlockSpec]]:
+        """[position][choice] -> the block at that position with that choice."""
+        per_choice = [[spec for spec in block_specs(uniform_arch(self.depths, c, **self._settings()))
+                       if spec.choice >= 0] for c in range(len(CHOICES))]
+        return [list(row) for row in zip(*per_choice)]
+
+    def _settings(self) -> dict:
+        return {f.name: getattr(self.template, f.name) for f in dataclasses.fields(Arch)
+                if f.name != "choices"}

@@ -14,6 +14,7 @@ hard_sigmoid = relu6(x + 3) / 6 (Keras 3's definition) for the SE gate, swish el
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 from cream_tf.arch import BlockSpec
@@ -38,8 +39,29 @@ def _dwconv(kernel, stride, name):
     return _padded(layers.DepthwiseConv2D, kernel, stride, name, use_bias=False)
 
 
-def _bn(name):
-    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+class FusedBatchNormalization(layers.BatchNormalization):
+    """BatchNormalization whose training step is TensorFlow's single fused op.
+
+    The supernet uses it: Keras' composite training path makes ~40 graph ops per layer, and
+    tracing a supernet (six candidates at every position, each traced per replica) is
+    dominated by op count. Same variables, same inference path as the built-in layer; the
+    moving variance is updated with the unbiased batch variance, as PyTorch does.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not training:
+            return super().call(inputs, training=False)
+        outputs, mean, variance, *_ = tf.compat.v1.nn.fused_batch_norm(
+            inputs, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
+            epsilon=self.epsilon, is_training=True, exponential_avg_factor=1.0 - self.momentum)
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(variance)
+        return outputs
+
+
+def _bn(name, fused=False):
+    cls = FusedBatchNormalization if fused else layers.BatchNormalization
+    return cls(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
 
 def _apply(sequence, x, training):
@@ -58,25 +80,27 @@ class Block(keras.layers.Layer):
     which is what the checkpoint converter maps.
     """
 
-    def __init__(self, spec: BlockSpec, drop_path: float = 0.0, **kwargs):
-        super().__init__(name=spec.name, **kwargs)
+    def __init__(self, spec: BlockSpec, drop_path: float = 0.0, fused_bn: bool = False, **kwargs):
+        kwargs.setdefault("name", spec.name)
+        super().__init__(**kwargs)
         self.spec = spec
         p = spec.name
+        bn = lambda name: _bn(name, fused_bn)  # noqa: E731
         swish = lambda suffix: layers.Activation("swish", name=f"{p}_{suffix}")  # noqa: E731
         se, before_se, after_se = [], [], []
         if spec.kind in ("stem", "cn"):
             conv_name = "conv_stem" if spec.kind == "stem" else f"{p}_conv"
             bn_name = "bn1" if spec.kind == "stem" else f"{p}_bn1"
             before_se = [*_conv(spec.out_channels, spec.kernel, spec.stride, conv_name),
-                         _bn(bn_name), swish("act")]
+                         bn(bn_name), swish("act")]
         elif spec.kind == "ds":
-            before_se = [*_dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"), _bn(f"{p}_bn1"), swish("act1")]
-            after_se = [*_conv(spec.out_channels, 1, 1, f"{p}_conv_pw"), _bn(f"{p}_bn2")]
+            before_se = [*_dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"), bn(f"{p}_bn1"), swish("act1")]
+            after_se = [*_conv(spec.out_channels, 1, 1, f"{p}_conv_pw"), bn(f"{p}_bn2")]
             se = self._se(spec.in_channels, spec.se_channels)
         elif spec.kind == "ir":
-            before_se = [*_conv(spec.mid_channels, 1, 1, f"{p}_conv_pw"), _bn(f"{p}_bn1"), swish("act1"),
-                         *_dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"), _bn(f"{p}_bn2"), swish("act2")]
-            after_se = [*_conv(spec.out_channels, 1, 1, f"{p}_conv_pwl"), _bn(f"{p}_bn3")]
+            before_se = [*_conv(spec.mid_channels, 1, 1, f"{p}_conv_pw"), bn(f"{p}_bn1"), swish("act1"),
+                         *_dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"), bn(f"{p}_bn2"), swish("act2")]
+            after_se = [*_conv(spec.out_channels, 1, 1, f"{p}_conv_pwl"), bn(f"{p}_bn3")]
             se = self._se(spec.mid_channels, spec.se_channels)
         else:
             raise ValueError(f"Unknown block kind {spec.kind!r}; valid are stem, ds, ir, cn.")
@@ -98,6 +122,12 @@ class Block(keras.layers.Layer):
                 layers.ReLU(name=f"{p}_se_relu"),
                 layers.Conv2D(channels, 1, name=f"{p}_se_conv_expand"),
                 layers.Activation("hard_sigmoid", name=f"{p}_se_gate")]
+
+    @property
+    def parts(self) -> list[layers.Layer]:
+        """The built-in layers this block applies, by which weights map between networks."""
+        extra = [self.se_multiply, self.drop_path, self.add]
+        return self.before_se + self.se + self.after_se + [layer for layer in extra if layer]
 
     def call(self, inputs, training=None):
         x = _apply(self.before_se, inputs, training)
@@ -123,6 +153,10 @@ class Head(keras.layers.Layer):
         if dropout > 0:
             self.sequence.append(layers.Dropout(dropout, name="dropout"))
         self.sequence.append(layers.Dense(num_classes, name="classifier"))
+
+    @property
+    def parts(self) -> list[layers.Layer]:
+        return list(self.sequence)
 
     def call(self, inputs, training=None):
         return _apply(self.sequence, inputs, training)

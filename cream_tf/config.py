@@ -50,6 +50,71 @@ class DataConfig:
     cutmix_alpha: float = 0.0  # as mixup; with both > 0 each batch uses one of the two
 
 
+@dataclasses.dataclass
+class SpaceConfig:
+    """The supernet around the data's image size, channels and classes."""
+
+    flops_min: float = 0.0  # MFLOPs (conv+dense multiply-adds of the whole net) of sampled paths
+    flops_max: float = 600.0
+    depths: tuple[int, ...] = ()  # blocks per choice stage; empty = derived from flops_max (official rule)
+    stem_channels: int = 16
+    stem_stride: int = 2  # 1 for small images such as 28x28
+    dropout: float = 0.0  # before the classifier
+    drop_path: float = 0.0
+
+
+@dataclasses.dataclass
+class CreamConfig:
+    """The Cream algorithm (see shared cream-algorithm notes and the README)."""
+
+    pick_method: str = "meta"  # meta: meta network picks the teacher; top1: best board path; none: SPOS
+    board_size: int = 10  # prioritized paths kept
+    slice: int = 4  # images stored per board entry; also the meta update's mini-batches
+    accuracy_gap: float = 5.0  # percentage points a path must beat the weakest entry by
+    warmup_epochs: int = 20  # plain single-path training (and an empty board) before distillation
+    meta_update_every: int = 200  # steps between meta network updates
+    meta_lr: float = 1e-4
+    meta_momentum: float = 0.9
+    prior: tuple[float, ...] = (0.05, 0.2, 0.05, 0.5, 0.05, 0.15)  # per choice; empty = uniform
+    max_sampling_tries: int = 10000  # rejection sampling to the FLOPs range
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Supernet optimization: SGD with Nesterov momentum, linear decay to zero."""
+
+    epochs: int = 120
+    steps_per_epoch: int = 0  # 0 = one pass over the training split
+    lr: float = 1.0  # for the global batch
+    warmup_lr_epochs: float = 0.0  # linear ramp from 0 before the decay
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4  # not on BatchNorm parameters and biases
+    label_smoothing: float = 0.1
+    seed: int = 42
+    deterministic: bool = False  # TF op determinism (slower; exact resume)
+    jit_compile: bool = False  # XLA made a CPU training step ~10x slower here; measure before enabling
+
+
+@dataclasses.dataclass
+class SelectionConfig:
+    """Choosing the result among the board's paths on held-out data."""
+
+    recalibrate_bn: bool = True  # recompute BatchNorm statistics per path first
+    recalibrate_batches: int = 10  # training batches used to recompute them
+    eval_batches: int = 0  # held-out batches per path; 0 = the whole validation split
+    export: bool = True  # write a zoo entry folder per board path
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    space: SpaceConfig = dataclasses.field(default_factory=SpaceConfig)
+    cream: CreamConfig = dataclasses.field(default_factory=CreamConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
+
+
 def from_dict(cls: type[T], data: dict | None, path: str = "") -> T:
     """Builds dataclass `cls` from a mapping, recursing into nested dataclasses, strictly."""
     data = data or {}

@@ -180,3 +180,27 @@ def depths_for_flops_range(min_mflops: float, max_mflops: float, **settings) -> 
                 return _depths(entries)
             entries = grown
     return _depths(entries)
+
+
+class FlopsTable:
+    """Multiply-adds of every path of a search space by table look-up.
+
+    A block's cost depends only on its position and choice (the widths of each stage are
+    fixed), so a path's cost is the fixed part plus one entry per position: exact, and fast
+    enough for rejection sampling.
+    """
+
+    def __init__(self, space):
+        self.table = [[_macs(spec) for spec in row] for row in space.choice_specs()]
+        self.fixed = cost_of(space.template).macs - sum(row[0] for row in self.table)
+
+    def macs(self, flat_path: Sequence[int]) -> int:
+        return self.fixed + sum(row[c] for row, c in zip(self.table, flat_path))
+
+    def range(self) -> tuple[int, int]:
+        return (self.fixed + sum(min(row) for row in self.table),
+                self.fixed + sum(max(row) for row in self.table))
+
+
+def _macs(spec: BlockSpec) -> int:
+    return sum(layer.macs for layer in block_cost(spec))

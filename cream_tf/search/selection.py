@@ -1,0 +1,121 @@
+"""Choosing the search's result: every board path evaluated on held-out data, the best exported.
+
+Selection never reads the test split; the winner's test accuracy is reported, not used.
+"""
+
+from __future__ import annotations
+
+import io
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cream_tf import atomic, data
+from cream_tf.export import write_entry
+from cream_tf.flops import cost_of
+from cream_tf.search.board import Entry
+
+
+def recalibrate_batchnorm(model: keras.Model, batches) -> None:
+    """Replaces every BatchNorm's moving statistics with their exact mean over `batches`.
+
+    Weights inherited from a supernet carry statistics accumulated over every path that
+    shared the block; a path's own statistics rank paths more faithfully.
+    """
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    try:
+        for i, (images, _) in enumerate(batches):
+            for layer in norms:
+                layer.momentum = i / (i + 1)  # cumulative mean: the first batch replaces, later ones average
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+
+
+def top1(model: keras.Model, dataset, max_batches: int = 0) -> float:
+    predict = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32))
+    correct = total = 0
+    for i, (images, labels) in enumerate(dataset):
+        if max_batches and i >= max_batches:
+            break
+        correct += int(tf.reduce_sum(tf.cast(tf.equal(predict(images), tf.cast(labels, tf.int32)), tf.int32)))
+        total += int(labels.shape[0])
+    return 100.0 * correct / max(total, 1)
+
+
+def evaluate_path(search, entry: Entry) -> tuple[keras.Model, float]:
+    selection, config = search.config.selection, search.config.data
+    child = search.supernet.extract_child(entry.path, name="cream_child")
+    if selection.recalibrate_bn:
+        calibration = data.load(config, "train", training=False).take(selection.recalibrate_batches)
+        recalibrate_batchnorm(child, calibration)
+    return child, top1(child, data.load(config, "validation", training=False), selection.eval_batches)
+
+
+def select_and_export(search) -> dict:
+    config = search.config
+    rows, models = [], []
+    for rank, entry in enumerate(search.board.entries):
+        child, accuracy = evaluate_path(search, entry)
+        arch = search.space.arch(list(entry.path))
+        rows.append({"rank": rank, "arch": str(arch), "path": arch.path, "mflops": round(entry.macs / 1e6, 3),
+                     "params": cost_of(arch).params, "train_top1": round(entry.accuracy, 3),
+                     "val_top1": round(accuracy, 3)})
+        models.append((child, arch))
+        logging.info("board path %d %s: %.2f MFLOPs, held-out top-1 %.2f%%", rank, arch.path,
+                     entry.macs / 1e6, accuracy)
+    result = {"space": {"depths": list(search.space.depths), "template": str(search.space.template),
+                        "flops_range_mflops": [config.space.flops_min, config.space.flops_max]},
+              "pick_method": config.cream.pick_method, "board": rows, "winner": None}
+    if not rows:
+        logging.warning("The board is empty (did the search end before its warm-up epochs?): nothing to select.")
+        return result
+    # Every board path lies in the FLOPs range already (the sampler only proposes such paths).
+    best = max(range(len(rows)), key=lambda i: (rows[i]["val_top1"], -rows[i]["mflops"]))
+    winner_model, winner_arch = models[best]
+    test = top1(winner_model, data.load(config.data, "test", training=False))
+    result["winner"] = dict(rows[best], test_top1=round(test, 3))
+    for row, (child, arch) in zip(rows, models):
+        row["winner"] = row["rank"] == best
+        if config.selection.export:
+            folder = search.model_dir / "zoo" / f"board_{row['rank']:02d}"
+            write_entry(child, arch, folder, overwrite=True,
+                        weights_source=f"inherited from the supernet in {search.model_dir} (BatchNorm "
+                                       f"{'recalibrated' if config.selection.recalibrate_bn else 'as trained'})",
+                        preprocessing=data.preprocessing_metadata(config.data),
+                        extra_metadata={"search": row})
+            row["entry"] = str(folder)
+    result["winner"]["entry"] = rows[best].get("entry")
+    plot(search, rows, best)
+    return result
+
+
+def plot(search, rows, best) -> None:
+    """Top-1 against FLOPs: every sampled path (training batch), the board (held-out), the winner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7, 4.5), dpi=120)
+    if search.history:
+        history = np.asarray(search.history, dtype=np.float64)
+        axes.scatter(history[:, 0] / 1e6, history[:, 1], s=3, alpha=0.15, color="gray",
+                     label="sampled paths (training batch)")
+    axes.scatter([r["mflops"] for r in rows], [r["val_top1"] for r in rows], s=30, color="tab:blue",
+                 label="board paths (held-out)")
+    axes.scatter([rows[best]["mflops"]], [rows[best]["val_top1"]], s=160, marker="*", color="tab:red",
+                 label="selected")
+    axes.set_xlabel("MFLOPs (multiply-adds)")
+    axes.set_ylabel("top-1 (%)")
+    axes.set_title("Cream search")
+    axes.legend(loc="lower right", fontsize=8)
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    pyplot.close(figure)
+    atomic.write_bytes(search.model_dir / "search_plot.png", buffer.getvalue())
