@@ -46,6 +46,15 @@ def make_strategy() -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy()
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this worker writes results: the chief, or worker 0 of a cluster without one."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster or resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
+
+
 def build_space(config: SearchConfig) -> SearchSpace:
     d, s = config.data, config.space
     settings = dict(input_size=d.image_size, in_channels=d.channels, num_classes=d.num_classes,
@@ -86,7 +95,8 @@ class Search:
         self.sampler = PathSampler(self.space, (config.space.flops_min, config.space.flops_max),
                                    config.cream.prior, seed=train.seed, max_tries=config.cream.max_sampling_tries)
         # The data is checked (present, labels in range) before any model is built.
-        self.steps_per_epoch = train.steps_per_epoch or data.num_examples(config.data, "train") // config.data.batch_size
+        available = data.num_examples(config.data, "train")
+        self.steps_per_epoch = train.steps_per_epoch or available // config.data.batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(f"The training split has fewer images than one batch of {config.data.batch_size}.")
         with self.strategy.scope():
@@ -100,11 +110,7 @@ class Search:
 
     @property
     def is_chief(self) -> bool:
-        resolver = getattr(self.strategy, "cluster_resolver", None)
-        cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
-        if not cluster or resolver.task_type == "chief":
-            return True
-        return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
+        return is_chief(self.strategy)
 
     def _checkpoint_dir(self) -> Path:
         if self.is_chief:
@@ -204,8 +210,11 @@ class Search:
             for name, value in values.items():
                 tf.summary.scalar(name, float(value))
 
-    def run(self) -> dict | None:
-        """Trains (resuming when a checkpoint exists), then selects and exports; returns the result."""
+    def run(self, stop_at_epoch: int | None = None) -> dict | None:
+        """Trains (resuming when a checkpoint exists), then selects and exports; returns the result.
+
+        stop_at_epoch: return None after that epoch's checkpoint, as an interrupted run would.
+        """
         start = time.time()
         if self.is_chief:
             self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -223,6 +232,8 @@ class Search:
             if self.is_chief:
                 atomic.write_json(self.model_dir / "board.json", {"epoch": self.epoch, "board": board})
             self.save()
+            if stop_at_epoch is not None and self.epoch >= stop_at_epoch < self.config.train.epochs:
+                return None
         train_seconds = time.time() - start
         if not self.is_chief:
             return None

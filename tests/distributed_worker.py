@@ -1,0 +1,93 @@
+"""Runs search training steps in a fresh process, for the distribution tests.
+
+    python distributed_worker.py mirrored OUT.npz   one step on one device, then on two logical
+                                                    CPU devices under MirroredStrategy
+    python distributed_worker.py multiworker OUT.npz   (with TF_CONFIG) a few steps under
+                                                    MultiWorkerMirroredStrategy
+
+Logical devices must be configured before TensorFlow initializes, hence a separate process.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+MODE, OUT = sys.argv[1], sys.argv[2]
+if MODE == "mirrored":
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+
+from cream_tf.arch import SearchSpace  # noqa: E402
+from cream_tf.config import SearchConfig  # noqa: E402
+from cream_tf.search.board import Entry, PrioritizedBoard  # noqa: E402
+from cream_tf.search.trainer import CreamTrainer  # noqa: E402
+from cream_tf.supernet import Supernet, random_path  # noqa: E402
+
+SPACE = SearchSpace.create((1, 1, 1, 1, 1), input_size=16, in_channels=1, num_classes=10,
+                           stem_stride=1, stem_channels=8, dropout=0.0)  # dropout masks differ per replica
+BATCH = 16
+
+
+def batch(seed):
+    rng = np.random.default_rng(seed)
+    half = rng.normal(size=(BATCH // 2, 16, 16, 1)).astype("float32")
+    labels = rng.integers(0, 10, BATCH // 2).astype("int32")
+    # BatchNorm normalizes per replica (no cross-replica sync, as in the official code); a batch
+    # made of one half twice gives both replicas the statistics of the whole batch.
+    return np.concatenate([half, half]), np.concatenate([labels, labels])
+
+
+def train(strategy, steps, distribute, initial=None, meta=True):
+    keras.utils.set_random_seed(0)
+    config = SearchConfig()
+    config.cream.board_size = 2
+    with strategy.scope():
+        supernet = Supernet(SPACE)
+    trainer = CreamTrainer(supernet, config, BATCH, strategy)
+    if initial is not None:  # the same starting point, whatever order initializers ran in
+        for variable, value in zip(supernet.weights + trainer.meta.weights, initial):
+            variable.assign(value)
+    board = PrioritizedBoard(2, 5.0)
+    rng = np.random.default_rng(1)
+    for step in range(steps):
+        images, labels = distribute(batch(step))
+        path = tf.constant(random_path(SPACE, rng))
+        distill = len(board) > 0
+        if distill and meta:
+            trainer.meta_step_fn(images, labels, path, tf.constant(0.1), tf.constant(0.01))
+        out = trainer.train_step_fn(images, labels, path, tf.constant(0.1), tf.constant(distill))
+        if board.offer(Entry(tuple(path.numpy()), float(out["correct"]), step, out["images"].numpy(),
+                             out["probs"].numpy())):
+            trainer.load_board(board)
+    names = [v.path for v in supernet.weights] + [v.path for v in trainer.meta.weights]
+    values = [v.numpy() for v in supernet.weights] + [v.numpy() for v in trainer.meta.weights]
+    return dict(zip(names, values))
+
+
+def distributor(strategy):
+    def distribute(arrays):
+        dataset = tf.data.Dataset.from_tensor_slices(arrays).batch(BATCH)
+        return next(iter(strategy.experimental_distribute_dataset(dataset)))
+    return distribute
+
+
+if MODE == "mirrored":
+    one = tf.distribute.OneDeviceStrategy("/cpu:0")
+    two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # The second step distils from the board path the first one left (tracing the meta step
+    # per replica would double this test's time; the multi-worker test runs it).
+    initial = list(train(one, 0, distributor(one)).values())
+    a = train(one, 2, distributor(one), initial, meta=False)
+    b = train(two, 2, distributor(two), initial, meta=False)
+    np.savez(OUT, **{f"one/{k}": v for k, v in a.items()}, **{f"two/{k}": v for k, v in b.items()})
+else:
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    weights = train(strategy, 3, distributor(strategy))
+    np.savez(OUT, **weights)
+print("done")

@@ -1,0 +1,338 @@
+"""The Cream search, as specified in the algorithm notes: board rules, teacher choice, one traced
+graph for every path, the closed-form meta gradient, distribution and exact resume."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cream_tf import config as config_lib
+from cream_tf.arch import SearchSpace
+from cream_tf.config import SearchConfig
+from cream_tf.flops import flops_of
+from cream_tf.search.board import Entry, PrioritizedBoard
+from cream_tf.search.run import Search
+from cream_tf.search.sampler import PathSampler
+from cream_tf.search.trainer import CreamTrainer, soft_cross_entropy
+from cream_tf.supernet import Supernet, random_path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SPACE = SearchSpace.create((1, 1, 1, 1, 1), input_size=16, in_channels=1, num_classes=10,
+                           stem_stride=1, stem_channels=8, dropout=0.0)
+
+
+def _entry(accuracy, macs, path=(0,) * 5):
+    return Entry(tuple(path), accuracy, macs, np.zeros((4, 16, 16, 1)), np.zeros((4, 10)))
+
+
+# --- the board ----------------------------------------------------------------------------------
+
+def test_board_admits_until_full_then_by_gap_or_fewer_flops():
+    board = PrioritizedBoard(size=3, accuracy_gap=5.0)
+    for accuracy, macs in [(50, 10), (60, 10), (40, 10)]:
+        assert board.offer(_entry(accuracy, macs))
+    assert [e.accuracy for e in board.entries] == [60, 50, 40]  # best first
+    assert not board.offer(_entry(44, 10))  # beats the weakest by less than the gap
+    assert not board.offer(_entry(39, 5))  # fewer FLOPs but not more accurate
+    assert board.offer(_entry(41, 9))  # more accurate AND fewer FLOPs than the weakest
+    assert [e.accuracy for e in board.entries] == [60, 50, 41]  # truncated to the size
+    assert board.offer(_entry(47, 50))  # beats the weakest (41) by more than the gap
+    assert [e.accuracy for e in board.entries] == [60, 50, 47]
+
+
+def test_board_orders_ties_by_fewer_flops():
+    board = PrioritizedBoard(size=3, accuracy_gap=5.0)
+    for macs in (30, 10, 20):
+        board.offer(_entry(50, macs))
+    assert [e.macs for e in board.entries] == [10, 20, 30]
+
+
+# --- the sampler --------------------------------------------------------------------------------
+
+def test_sampler_respects_the_range_and_the_prior_and_resumes_exactly():
+    space = SearchSpace.create((2, 2, 2, 2, 2), input_size=28, in_channels=1, num_classes=10, stem_stride=1)
+    sampler = PathSampler(space, (13, 16), prior=(0.05, 0.2, 0.05, 0.5, 0.05, 0.15), seed=3)
+    paths = [sampler.sample() for _ in range(200)]
+    for path, macs in paths[:20]:
+        assert macs == flops_of(space.arch(list(path)))
+        assert 13e6 <= macs <= 16e6
+    counts = np.bincount(np.concatenate([p for p, _ in paths]), minlength=6) / (200 * 10)
+    assert counts[3] > 0.35 and counts[0] < 0.15  # the prior favours choice 3 (k5 e6)
+    state = sampler.state()
+    ahead = [sampler.sample()[0].tolist() for _ in range(5)]
+    sampler.set_state(state)
+    assert [sampler.sample()[0].tolist() for _ in range(5)] == ahead
+
+
+def test_unreachable_flops_range_names_the_reachable_one():
+    with pytest.raises(ValueError, match=r"its paths cost from \d+\.\d+ to \d+\.\d+ MFLOPs"):
+        PathSampler(SPACE, (500, 600))
+
+
+# --- the supernet -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trainer():
+    keras.utils.set_random_seed(0)
+    config = SearchConfig()
+    config.cream.board_size = 3
+    config.train.weight_decay = 1e-4
+    supernet = Supernet(SPACE)
+    return CreamTrainer(supernet, config, global_batch_size=16)
+
+
+def _batch(seed, n=16):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, 16, 16, 1)).astype("float32"), rng.integers(0, 10, n).astype("int32"))
+
+
+def test_extracted_child_equals_the_supernet_path(trainer):
+    images, _ = _batch(0)
+    path = random_path(SPACE, np.random.default_rng(5))
+    child = trainer.supernet.extract_child(path)
+    expected = trainer.supernet(images, tf.constant(path), training=False)
+    np.testing.assert_allclose(child(images, training=False), expected, atol=1e-5)
+
+
+def test_one_trace_serves_fifty_paths_and_skipped_blocks_stay_put(trainer):
+    rng = np.random.default_rng(1)
+    board = PrioritizedBoard(3, 5.0)
+    supernet = trainer.supernet
+    for step in range(50):
+        images, labels = _batch(step)
+        path = random_path(SPACE, rng)
+        before = {id(v): v.numpy() for v in supernet.weights}
+        out = trainer.train_step_fn(images, labels, tf.constant(path), tf.constant(0.05),
+                                    tf.constant(len(board) > 0))
+        if step < 3:
+            board.offer(Entry(tuple(path), 100.0 * float(out["correct"]) / 16, step,
+                              out["images"].numpy(), out["probs"].numpy()))
+            trainer.load_board(board)
+        if step in (10, 40):  # momentum and weight decay must not move blocks the path skipped
+            used = {id(v) for v in supernet.path_variables(path)}
+            for v in supernet.weights:
+                if id(v) not in used:
+                    np.testing.assert_array_equal(v.numpy(), before[id(v)], err_msg=v.path)
+    assert trainer.train_step_fn.experimental_get_tracing_count() == 1
+
+
+def test_board_stores_the_students_own_softmax(trainer):
+    images, labels = _batch(7)
+    path = tf.constant(random_path(SPACE, np.random.default_rng(7)))
+    with keras.StatelessScope():  # the same forward the step will run, without changing anything
+        expected = tf.nn.softmax(trainer.supernet(images, path, training=True))[:4]
+    out = trainer.train_step_fn(images, labels, path, tf.constant(0.0), tf.constant(True))
+    np.testing.assert_allclose(out["probs"], expected, atol=1e-5)
+    np.testing.assert_array_equal(out["images"], images[:4])
+
+
+def _fill_board(trainer, seed=11):
+    rng = np.random.default_rng(seed)
+    board = PrioritizedBoard(3, 5.0)
+    for i in range(3):
+        images, _ = _batch(100 + i)
+        board.offer(Entry(tuple(random_path(SPACE, rng)), 50.0 + i, i, images[:4],
+                          rng.dirichlet(np.ones(10), size=4).astype("float32")))
+    trainer.load_board(board)
+    return board
+
+
+def test_teacher_is_the_best_scoring_entry_and_m_is_its_sigmoid(trainer):
+    _fill_board(trainer)
+    path = tf.constant(random_path(SPACE, np.random.default_rng(3)))
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        kernel = trainer.meta.dense.kernel
+        kernel.assign(rng.normal(size=kernel.shape).astype("float32"))
+        scores, _ = trainer.score_board(path)
+        index, m = trainer.select_teacher(path)
+        assert int(index) == int(np.argmax(scores.numpy()))
+        np.testing.assert_allclose(float(m), 1 / (1 + np.exp(-scores.numpy()[int(index)])), rtol=1e-6)
+    # Entries' scores are their own: one stored images' forward each (here: recomputed one by one).
+    images = trainer.board_images.numpy()
+    for k in range(3):
+        probs = tf.nn.softmax(trainer.supernet(images[k], path, training=False))
+        feature = tf.reshape(probs - trainer.board_probs[k], (1, -1))
+        np.testing.assert_allclose(trainer.meta(feature)[0], scores[k], rtol=1e-4, atol=1e-5)
+
+
+def test_meta_gradient_matches_nested_tapes_and_finite_differences(trainer):
+    _fill_board(trainer, seed=12)
+    images, labels = _batch(21)
+    path = tf.constant(random_path(SPACE, np.random.default_rng(8)))
+    meta_vars = trainer.meta.trainable_variables
+    rng = np.random.default_rng(9)
+    for v in meta_vars:
+        v.assign(rng.normal(scale=0.3, size=v.shape).astype("float32"))
+    lr = tf.constant(2.0)
+    closed, index, m, _ = trainer.meta_gradient(images, labels, path, lr)
+
+    s = trainer.cream.slice
+    variables = trainer.optimizer.variables
+    _, features = trainer.score_board(path)
+    teacher = trainer.teacher_probs(images[:s], trainer.board_paths[index])
+
+    def validation_loss():
+        """L(w - lr * m(theta) * grad KD(w)), differentiable in theta through m."""
+        m = tf.sigmoid(trainer.meta(features[index][None])[0])
+        with keras.StatelessScope():
+            with tf.GradientTape() as inner:
+                kd = tf.reduce_mean(soft_cross_entropy(teacher, trainer.supernet(images[:s], path, training=True)))
+            g = inner.gradient(kd, variables, unconnected_gradients="zero")
+        updated = [v - lr * m * d for v, d in zip(variables, g)]
+        return trainer.validation_loss(images[s:2 * s], labels[s:2 * s], path, updated)[0]
+
+    with tf.GradientTape() as outer:
+        loss = validation_loss()
+    nested = outer.gradient(loss, meta_vars)
+    for a, b in zip(closed, nested):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-7)
+
+    bias = meta_vars[1]
+    eps = 0.05
+    original = bias.numpy()
+    bias.assign(original + eps)
+    plus = float(validation_loss())
+    bias.assign(original - eps)
+    minus = float(validation_loss())
+    bias.assign(original)
+    finite = (plus - minus) / (2 * eps)
+    assert abs(float(closed[1][0])) > 1e-4  # large enough to compare
+    np.testing.assert_allclose(float(closed[1][0]), finite, rtol=2e-2)
+
+
+# --- distribution (fresh processes: logical devices and TF_CONFIG must come first) ----------------
+
+def _run_worker(args, env=None):
+    return subprocess.Popen([sys.executable, str(HERE / "distributed_worker.py"), *args], cwd=REPO,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def test_mirrored_step_on_two_devices_equals_one_device(tmp_path):
+    process = _run_worker(["mirrored", str(tmp_path / "out.npz")])
+    output, _ = process.communicate(timeout=1200)
+    assert process.returncode == 0, output[-3000:]
+    weights = np.load(tmp_path / "out.npz")
+    names = [k[4:] for k in weights if k.startswith("one/")]
+    for name in names:
+        one, two = weights[f"one/{name}"], weights[f"two/{name}"]
+        if name.endswith("moving_variance"):
+            # Each replica updates it with ITS batch's unbiased variance, n/(n-1) with half the n.
+            np.testing.assert_allclose(one, two, rtol=0.1, err_msg=name)
+        else:
+            np.testing.assert_allclose(one, two, atol=1e-5, err_msg=name)
+    moved = [n for n in names if not np.array_equal(weights[f"one/{n}"], weights[f"two/{n}"])]
+    assert names and len(moved) < len(names)  # skipped blocks stayed put on both
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_on_localhost_end_with_equal_weights(tmp_path):
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    processes = [_run_worker(["multiworker", str(tmp_path / f"worker{i}.npz")],
+                             {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                              "CUDA_VISIBLE_DEVICES": ""})
+                 for i in range(2)]
+    for process in processes:
+        output, _ = process.communicate(timeout=1200)
+        assert process.returncode == 0, output[-3000:]
+    a, b = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+# --- the whole search -----------------------------------------------------------------------------
+
+TINY = """
+data: {name: fashion_mnist, image_size: 16, channels: 1, num_classes: 10, validation_size: 256, batch_size: 32}
+space: {flops_max: 100, depths: [1, 1, 1, 1, 1], stem_stride: 1, stem_channels: 8}
+cream: {board_size: 3, warmup_epochs: 1, meta_update_every: 3}
+train: {epochs: 2, steps_per_epoch: 5, lr: 0.05, deterministic: true}
+selection: {recalibrate_batches: 2, eval_batches: 2}
+"""
+
+
+def _tiny(tmp_path, override=""):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return config_lib.load(SearchConfig, str(path), override)
+
+
+def _final_state(model_dir):
+    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if "save_counter" not in name}
+
+
+def test_search_runs_end_to_end_and_resumes_exactly(tmp_path):
+    whole = Search(_tiny(tmp_path), tmp_path / "whole", strategy=tf.distribute.get_strategy())
+    result = whole.run()
+    run_dir = tmp_path / "whole"
+    for name in ("config.yaml", "board.json", "search_result.json", "search_plot.png"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").iterdir())
+    winner = result["winner"]
+    assert winner is not None and len(result["board"]) == 3
+    assert [row["winner"] for row in result["board"]].count(True) == 1
+    assert winner["val_top1"] == max(row["val_top1"] for row in result["board"])
+    entry = Path(winner["entry"])
+    meta = json.loads((entry / "metadata.json").read_text())
+    assert meta["architecture"]["string"] == winner["arch"]
+    loaded = keras.models.load_model(entry / "model.keras")
+    assert loaded.input_shape == (None, 16, 16, 1)
+
+    # Killed after the first epoch's checkpoint, then resumed by a new process-like run.
+    resumed_dir = tmp_path / "resumed"
+    first = Search(_tiny(tmp_path, "selection.export=false"), resumed_dir, strategy=tf.distribute.get_strategy())
+    assert first.run(stop_at_epoch=1) is None  # as a kill right after the first checkpoint
+    assert not (resumed_dir / "search_result.json").exists()
+    second = Search(_tiny(tmp_path, "selection.export=false"), resumed_dir, strategy=tf.distribute.get_strategy())
+    second.run()
+    assert second.board.summary() == whole.board.summary()
+    a, b = _final_state(run_dir), _final_state(resumed_dir)
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochz=3", "Unknown config key 'train.epochz'"),
+    ("space.flops_max=0.5", "No path of this search space meets the FLOPs range"),
+    ("data.num_classes=5", "set data.num_classes to 10"),
+    ("cream.pick_method=best", "cream.pick_method 'best' is not one of"),
+])
+def test_bad_input_fails_before_training(tmp_path, override, message):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "--mode=search",
+                             f"--config_file={tmp_path / 'tiny.yaml'}", f"--params_override={override}",
+                             f"--model_dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
+    from cream_tf import data
+
+    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", (str(tmp_path / "nowhere"),))
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        Search(_tiny(tmp_path), tmp_path / "run", strategy=tf.distribute.get_strategy())
+    assert not (tmp_path / "run").exists()
