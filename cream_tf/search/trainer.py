@@ -188,6 +188,7 @@ class CreamTrainer:
         with keras.StatelessScope():  # the meta step's forwards leave BatchNorm statistics alone
             with tf.GradientTape() as tape:
                 kd = tf.reduce_mean(soft_cross_entropy(teacher, self.supernet(x1, path, training=True)))
+            # Zeros for weights the path skips (eagerly, switch_case never runs their branch).
             g = [tf.zeros_like(v) if d is None else d for d, v in zip(tape.gradient(kd, variables), variables)]
         with tf.GradientTape() as meta_tape:
             m = tf.sigmoid(self.meta(features[index][None])[0])
@@ -205,7 +206,7 @@ class CreamTrainer:
             with keras.StatelessScope(state_mapping=list(zip(self.optimizer.variables, values))):
                 logits = self.supernet(images, path, training=True)
             loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-        return loss, tape.gradient(loss, values)
+        return loss, tape.gradient(loss, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def meta_step(self, images, labels, path, lr, meta_lr):
         grads, index, m, val_loss = self.meta_gradient(images, labels, path, lr)
