@@ -7,36 +7,52 @@
     python main.py --mode=search --config_file=configs/search/imagenet.yaml --model_dir=runs/imagenet \
         --params_override="data.data_dir=/data/imagenet,train.epochs=120"
     python main.py --mode=convert --zoo=cream_287 --checkpoint=287.pth.tar --output_dir=/tmp/cream_287
+    python main.py --mode=retrain --search_result=runs/search/search_result.json --model_dir=runs/retrain
+    python main.py --mode=eval --model_dir=runs/retrain        # or --model=FILE.keras|.tflite|ENTRY_DIR
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-MODES = ("search", "describe", "export", "convert")
+MODES = ("search", "describe", "export", "convert", "retrain", "eval")
 DEFAULT_SEARCH_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "search",
                                      "fashion_mnist.yaml")
+DEFAULT_RETRAIN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "retrain",
+                                      "fashion_mnist.yaml")
+DEFAULT_RETRAIN_DIR = "runs/retrain"
 
 flags.DEFINE_enum("mode", None, MODES, "What to do.")
-flags.DEFINE_string("config_file", None, "search: a YAML config (default: configs/search/fashion_mnist.yaml).")
-flags.DEFINE_string("params_override", "", "search: overrides, e.g. 'train.epochs=2,data.batch_size=64' or YAML.")
-flags.DEFINE_string("model_dir", "runs/search", "search: where checkpoints, logs and results go; a "
-                    "checkpoint there is resumed.")
+flags.DEFINE_string("config_file", None, "search/retrain/eval/export: a YAML config (default: configs/search/"
+                    "fashion_mnist.yaml, configs/retrain/fashion_mnist.yaml for retrain and eval; export reads data "
+                    "from it only when given).")
+flags.DEFINE_string("params_override", "", "search/retrain/eval/export: overrides, e.g. "
+                    "'train.epochs=2,data.batch_size=64' or YAML.")
+flags.DEFINE_string("model_dir", "runs/search", "search/retrain: where checkpoints, logs and results go; a "
+                    "checkpoint there is resumed (retrain and eval default to runs/retrain).")
 flags.DEFINE_string("zoo", None, "A zoo model name, e.g. cream_287.")
 flags.DEFINE_string("arch", None, "An architecture string, e.g. '[3][3,3][3,1,3][3,3,3,3][3,3,3]@224'.")
 flags.DEFINE_integer("num_classes", None, "Classifier width (default: the architecture's own, 1000 for the zoo).")
 flags.DEFINE_integer("in_channels", None, "Input channels: 3 for RGB, 1 for grayscale (default: the architecture's own).")
-flags.DEFINE_string("weights", None, "export: a .keras file or entry folder to take weights from (default: fresh).")
-flags.DEFINE_string("output_dir", None, "export: the entry folder to write.")
-flags.DEFINE_bool("overwrite", False, "export: replace an existing output folder.")
+flags.DEFINE_string("weights", None, "export/retrain: a .keras file or entry folder to take weights from "
+                    "(default: fresh).")
+flags.DEFINE_string("output_dir", None, "export: the entry folder to write; retrain: where its entry goes "
+                    "(default: MODEL_DIR/entry).")
+flags.DEFINE_bool("overwrite", False, "export/retrain: replace an existing output folder.")
 flags.DEFINE_string("checkpoint", None, "convert: an official PyTorch checkpoint (.pth.tar) to convert; "
                     "--output_dir and --overwrite as for export.")
 flags.DEFINE_bool("use_ema", True, "convert: take the checkpoint's EMA weights (state_dict_ema) when it has "
                   "them; --nouse_ema takes state_dict.")
+flags.DEFINE_string("search_result", None, "retrain: a search_result.json whose winner to retrain (or --zoo, --arch).")
+flags.DEFINE_string("model", None, "eval: a .keras or .tflite file, a zoo entry folder, or a retrain model_dir or "
+                    "checkpoint (default: --model_dir).")
+flags.DEFINE_string("split", "test", "eval: the split to measure (test, validation, train, train_full).")
+flags.DEFINE_integer("eval_batches", 0, "eval: batches of data.batch_size to measure; 0 = the whole split.")
 FLAGS = flags.FLAGS
 
 
@@ -77,12 +93,23 @@ def export(arch) -> str:
     if FLAGS.weights:
         zoo.load_weights_from(model, FLAGS.weights)
     extra = {"zoo_name": FLAGS.zoo, "paper_accuracy": zoo.entry(FLAGS.zoo)} if FLAGS.zoo else {}
+    preprocessing = zoo.IMAGENET_PREPROCESSING if FLAGS.zoo else None
+    data_config = export_config = None
+    if FLAGS.config_file or FLAGS.params_override:  # data given: int8 file and measured accuracy too
+        from cream_tf import data
+
+        config = _retrain_config(FLAGS.config_file)
+        data_config, export_config = config.data, config.export
+        preprocessing = data.preprocessing_metadata(data_config)
     path = exporter.write_entry(
         model, arch, FLAGS.output_dir,
         weights_source=FLAGS.weights or "random initialization (no weights given)",
-        preprocessing=zoo.IMAGENET_PREPROCESSING if FLAGS.zoo else None,
-        extra_metadata=extra, overwrite=FLAGS.overwrite)
-    return f"wrote zoo entry {path} ({', '.join(sorted(p.name for p in path.iterdir()))})"
+        preprocessing=preprocessing, extra_metadata=extra, overwrite=FLAGS.overwrite,
+        data_config=data_config, export_config=export_config)
+    message = f"wrote zoo entry {path} ({', '.join(sorted(p.name for p in path.iterdir()))})"
+    if data_config is not None:
+        message += "\n" + _format_accuracy(json.loads((path / exporter.METADATA_FILE).read_text())["accuracy"])
+    return message
 
 
 def convert(arch) -> str:
@@ -121,6 +148,57 @@ def search() -> str:
             f"results: {FLAGS.model_dir}/search_result.json, TensorBoard: {FLAGS.model_dir}/tensorboard")
 
 
+def _retrain_config(config_file):
+    from cream_tf import config as config_lib
+
+    return config_lib.load(config_lib.RetrainConfig, config_file or DEFAULT_RETRAIN_CONFIG, FLAGS.params_override)
+
+
+def _retrain_dir() -> str:
+    return FLAGS.model_dir if FLAGS["model_dir"].present else DEFAULT_RETRAIN_DIR
+
+
+def _format_accuracy(accuracy: dict) -> str:
+    lines = [f"{accuracy['split']} split, {accuracy['images']} images:"]
+    lines += [f"  {name:15s} top-1 {accuracy['top1'][name]:.2f}%  top-5 {accuracy['top5'][name]:.2f}%"
+              for name in accuracy["top1"]]
+    return "\n".join(lines)
+
+
+def retrain() -> str:
+    from cream_tf import retrain as retrainer
+
+    model_dir = _retrain_dir()
+    arch = retrainer.arch_from(search_result=FLAGS.search_result, zoo_name=FLAGS.zoo, arch=FLAGS.arch,
+                               model_dir=model_dir)
+    result = retrainer.Retrainer(_retrain_config(FLAGS.config_file), arch, model_dir, weights=FLAGS.weights,
+                                 output_dir=FLAGS.output_dir, overwrite=FLAGS.overwrite).run()
+    if result is None:
+        return "worker finished"
+    where = f"entry: {result['entry']}\n" if result.get("entry") else ""
+    return (f"retrained {result['arch']} for {result['epochs']} epochs in {result['timing']['train_seconds']} s\n"
+            f"{where}{_format_accuracy(result['accuracy']) if 'images' in result['accuracy'] else result['accuracy']}\n"
+            f"results: {model_dir}/retrain_result.json, TensorBoard: {model_dir}/tensorboard")
+
+
+def evaluate() -> dict:
+    """Prints and returns top-1/top-5 of --model (default: the retrain --model_dir) on --split."""
+    from pathlib import Path
+
+    from cream_tf import evaluate as evaluator
+
+    target = Path(FLAGS.model or _retrain_dir())
+    # A retrain model_dir, or a checkpoint in one, is measured on the data it was trained on.
+    run_dir = target.parent.parent if Path(f"{target}.index").is_file() else target
+    config_file = FLAGS.config_file
+    if not config_file and (run_dir / "config.yaml").is_file():
+        config_file = str(run_dir / "config.yaml")
+    figures = evaluator.evaluate(target, _retrain_config(config_file).data, FLAGS.split, FLAGS.eval_batches)
+    print(f"{figures['source']} ({figures['format']}) on {figures['split']}, {figures['images']} images: "
+          f"top-1 {figures['top1']:.2f}%, top-5 {figures['top5']:.2f}%")
+    return figures
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -129,6 +207,12 @@ def main(argv):
     try:
         if FLAGS.mode == "search":
             print(search())
+            return
+        if FLAGS.mode == "retrain":
+            print(retrain())
+            return
+        if FLAGS.mode == "eval":
+            evaluate()
             return
         arch = _arch_from_flags()
         print({"describe": describe, "export": export, "convert": convert}[FLAGS.mode](arch))

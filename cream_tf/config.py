@@ -115,6 +115,69 @@ class SearchConfig:
     selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
 
 
+@dataclasses.dataclass
+class RecipeConfig:
+    """Retraining one architecture: the paper's recipe (official retrain settings) by default.
+
+    The learning rate follows the step: linear warm-up from warmup_lr to the peak over
+    warmup_epochs, then either x decay_rate every decay_epochs counted from the first step
+    ('step', as timm's StepLRScheduler) or a cosine to zero at the last step ('cosine').
+    """
+
+    epochs: int = 500
+    steps_per_epoch: int = 0  # 0 = one pass over train_split
+    train_split: str = "train_full"  # the held-out validation images are the search's, not needed here
+    optimizer: str = "rmsprop"  # 'rmsprop' (TF-style, as the paper) or 'sgd' (Nesterov momentum)
+    lr: float = 0.064  # peak, for a global batch of lr_batch_size; scaled linearly to data.batch_size
+    lr_batch_size: int = 1024  # the paper: 8 GPUs x 128
+    lr_schedule: str = "step"  # 'step' or 'cosine'
+    warmup_epochs: float = 3.0
+    warmup_lr: float = 1e-6
+    decay_epochs: float = 2.4  # 'step' only
+    decay_rate: float = 0.973  # 'step' only
+    momentum: float = 0.9
+    rmsprop_rho: float = 0.9
+    rmsprop_epsilon: float = 1e-3  # inside the square root, as TF1 and timm's RMSpropTF
+    weight_decay: float = 1e-5  # L2 on conv and dense kernels only, not on BatchNorm parameters or biases
+    label_smoothing: float = 0.1
+    dropout: float = 0.2  # before the classifier; replaces the architecture's own
+    drop_path: float = 0.0  # stochastic depth of the last block (linear from 0); replaces the architecture's own
+    ema_decay: float = 0.9999  # EMA of all weights (BatchNorm statistics too), exported; 0 = off
+    # Decay min(ema_decay, (1 + step) / (10 + step)), as TF's ExponentialMovingAverage with
+    # num_updates: short runs otherwise carry the random initial weights for thousands of steps.
+    ema_warmup: bool = False
+    # Averaged BatchNorm statistics fit the averaged kernels only when the weights move slowly
+    # over the EMA's window (0.9999 over ImageNet's 500 epochs); in short runs they do not, and
+    # the EMA model can fall to chance. N > 0 recomputes them on N training batches (no
+    # augmentation) in the copy that is evaluated and exported; 0 keeps them, as timm does.
+    ema_recalibrate_batches: int = 0
+    mixed_precision: bool = True  # float16 compute on GPUs; CPUs always train in float32
+    seed: int = 42
+    deterministic: bool = False  # TF op determinism (slower)
+    checkpoint_every_epochs: int = 1  # a run resumes from the last of these
+    eval_split: str = "test"  # reported while training, never used to pick weights
+    eval_every_epochs: int = 1  # 0 = only at the end
+    eval_batches: int = 0  # 0 = the whole split
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """The zoo entry written after retraining, and `--mode=export` when a config gives data."""
+
+    enabled: bool = True  # retrain: write the entry folder at the end
+    int8: bool = True  # also write model_int8.tflite (full-integer post-training quantization)
+    calibration_images: int = 256  # training images that set the int8 ranges
+    eval_split: str = "test"  # where each format's top-1 is measured for metadata.json
+    eval_batches: int = 0  # batches of data.batch_size measured; 0 = the whole split
+
+
+@dataclasses.dataclass
+class RetrainConfig:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: RecipeConfig = dataclasses.field(default_factory=RecipeConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+
 def from_dict(cls: type[T], data: dict | None, path: str = "") -> T:
     """Builds dataclass `cls` from a mapping, recursing into nested dataclasses, strictly."""
     data = data or {}

@@ -5,7 +5,10 @@ An entry folder holds:
     model.keras            opens with keras.models.load_model, no cream_tf needed
     saved_model/           for TF Serving and tf.saved_model.load (signature 'serve')
     model_float32.tflite   for ai_edge_litert / TFLite on device
-    metadata.json          architecture, input and preprocessing, FLOPs, parameters, weights source
+    model_int8.tflite      with data: full-integer post-training quantization (see to_tflite_int8)
+    metadata.json          architecture, input and preprocessing, FLOPs, parameters, weights source;
+                           with data also the int8 file's quantization and every format's
+                           measured top-1/top-5
 
 The entry is written under a temporary name beside the target and renamed into place, so a
 failed export leaves nothing half-written behind.
@@ -20,19 +23,64 @@ import keras
 import tensorflow as tf
 
 import cream_tf
-from cream_tf import atomic
+from cream_tf import atomic, data, evaluate
 from cream_tf.arch import Arch
+from cream_tf.config import DataConfig, ExportConfig
 from cream_tf.flops import cost_of
 
 KERAS_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
 TFLITE_FLOAT_FILE = "model_float32.tflite"
+TFLITE_INT8_FILE = "model_int8.tflite"
 METADATA_FILE = "metadata.json"
 
 
 def to_tflite_float(saved_model_dir: Path) -> bytes:
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     return converter.convert()
+
+
+def to_tflite_int8(saved_model_dir: Path, calibration) -> bytes:
+    """Full-integer post-training quantization: int8 weights, activations, input and output.
+
+    Integer input and output make the file run on integer-only hardware (Edge TPU, NPUs,
+    microcontrollers) with no float op left; the caller quantizes normalized images with the
+    input's scale and zero point and dequantizes the logits with the output's (metadata.json
+    records both; cream_tf.evaluate.TFLitePredictor does it). Normalized images are an affine
+    map of 8-bit pixels, so int8 input loses next to nothing. `calibration`: float32
+    [N, S, S, C] normalized images that set the activation ranges.
+    """
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def int8_metadata(path: Path, calibration_split: str, calibration_images: int) -> dict:
+    predict = evaluate.TFLitePredictor(path)
+
+    def tensor(detail):
+        scale, zero_point = detail["quantization"]
+        return {"dtype": detail["dtype"].__name__, "scale": float(scale), "zero_point": int(zero_point)}
+
+    return {"scheme": "full-integer post-training quantization (int8 weights and activations)",
+            "input": tensor(predict.input), "output": tensor(predict.output),
+            "usage": "q_in = round(x / scale) + zero_point on normalized images x; "
+                     "logits = (q_out - zero_point) * scale",
+            "calibration": {"split": calibration_split, "images": calibration_images}}
+
+
+def measure_formats(folder: Path, files: dict, config: DataConfig, split: str, max_batches: int) -> dict:
+    """Top-1/top-5 of every format in `folder` on the same images (see cream_tf.evaluate)."""
+    figures = {name: evaluate.evaluate(folder / file, config, split, max_batches)
+               for name, file in files.items() if name != "saved_model"}
+    counts = {f["images"] for f in figures.values()}
+    return {"split": split, "images": counts.pop(), "batches": max_batches or "all",
+            "top1": {name: f["top1"] for name, f in figures.items()},
+            "top5": {name: f["top5"] for name, f in figures.items()}}
 
 
 def metadata_for(arch: Arch, *, weights_source: str, preprocessing: dict, extra: dict | None = None) -> dict:
@@ -55,12 +103,30 @@ def metadata_for(arch: Arch, *, weights_source: str, preprocessing: dict, extra:
 
 
 def write_entry(model: keras.Model, arch: Arch, output_dir, *, weights_source: str,
-                preprocessing: dict, extra_metadata: dict | None = None, overwrite: bool = False) -> Path:
-    """Exports `model` (built for `arch`) as a zoo entry folder at `output_dir`; returns its path."""
+                preprocessing: dict, extra_metadata: dict | None = None, overwrite: bool = False,
+                data_config: DataConfig | None = None, export_config: ExportConfig | None = None) -> Path:
+    """Exports `model` (built for `arch`) as a zoo entry folder at `output_dir`; returns its path.
+
+    With `data_config` (data the model fits) it also writes model_int8.tflite, calibrated on
+    training images (unless export_config.int8 is off), and measures every format's accuracy.
+    """
+    export_config = export_config or ExportConfig()
     with atomic.staged_folder(output_dir, overwrite=overwrite) as staging:
         model.save(staging / KERAS_FILE)
         model.export(str(staging / SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
         atomic.write_bytes(staging / TFLITE_FLOAT_FILE, to_tflite_float(staging / SAVED_MODEL_DIR))
-        atomic.write_json(staging / METADATA_FILE, metadata_for(
-            arch, weights_source=weights_source, preprocessing=preprocessing, extra=extra_metadata))
+        metadata = metadata_for(arch, weights_source=weights_source, preprocessing=preprocessing,
+                                extra=extra_metadata)
+        if data_config is not None:
+            evaluate.check_fits(evaluate.KerasPredictor(model), data_config)
+            if export_config.int8:
+                count = min(export_config.calibration_images, data.num_examples(data_config, "train"))
+                calibration = data.sample_images(data_config, "train", count)
+                atomic.write_bytes(staging / TFLITE_INT8_FILE,
+                                   to_tflite_int8(staging / SAVED_MODEL_DIR, calibration))
+                metadata["files"]["tflite_int8"] = TFLITE_INT8_FILE
+                metadata["tflite_int8"] = int8_metadata(staging / TFLITE_INT8_FILE, "train", count)
+            metadata["accuracy"] = measure_formats(staging, metadata["files"], data_config,
+                                                   export_config.eval_split, export_config.eval_batches)
+        atomic.write_json(staging / METADATA_FILE, metadata)
     return Path(output_dir)
