@@ -216,7 +216,7 @@ def main(argv):
             return
         arch = _arch_from_flags()
         print({"describe": describe, "export": export, "convert": convert}[FLAGS.mode](arch))
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"Error: {error}") from None
 
 
