@@ -127,7 +127,7 @@ def main():
             wait(out)  # the last step has finished
             times[name].append((time.perf_counter() - start) / args.steps)
     base = statistics.median(times["plain child step"])
-    print(f"\nSupernet step cost, {space.template.path} of space depths {list(space.depths)}, "
+    print(f"\nSupernet step cost, path {space.arch(list(path)).path} of space depths {list(space.depths)}, "
           f"input {t.input_size}x{t.input_size}x{t.in_channels}, batch {batch}, board {config.cream.board_size} "
           f"x {config.cream.slice} images; median of {args.rounds} rounds x {args.steps} steps")
     print(f"Machine: {machine()}\n")
