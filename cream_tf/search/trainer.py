@@ -222,7 +222,9 @@ class CreamTrainer:
     # --- checkpointing ----------------------------------------------------------------------
 
     def checkpoint_objects(self) -> dict:
-        return {"supernet": self.supernet, "meta": self.meta,
+        # Keras 3 models do not hand their weights to tf.train.Checkpoint's object graph, so the
+        # variables are listed explicitly (in creation order, the same in every run).
+        return {"supernet": _Slots(self.supernet.weights), "meta": _Slots(self.meta.weights),
                 "optimizer": _Slots(self.optimizer.slots), "meta_optimizer": _Slots(self.meta_optimizer.slots),
                 "board": _Slots([self.board_images, self.board_probs, self.board_paths, self.board_count])}
 
