@@ -306,10 +306,6 @@ class SearchSpace:
                              f"{self.depths}.")
         return arch
 
-    @staticmethod
-    def flat(arch: Arch) -> list[int]:
-        return [c for stage in arch.choices for c in stage]
-
     def fixed_specs(self) -> list[BlockSpec]:
         """The blocks every path shares: stem, ds block, cn block."""
         return [spec for spec in block_specs(self.template) if spec.choice < 0]
