@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -32,6 +30,8 @@ from cream_tf.search.board import Entry, PrioritizedBoard  # noqa: E402
 from cream_tf.search.run import build_space  # noqa: E402
 from cream_tf.search.trainer import CreamTrainer  # noqa: E402
 from cream_tf.supernet import Supernet  # noqa: E402
+
+from _common import machine  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,17 +55,6 @@ def plain_step_fn(model, label_smoothing):
 
 def wait(out) -> float:
     return float(np.asarray(out["loss"] if isinstance(out, dict) else out))
-
-
-def machine() -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(
-            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
-    except (StopIteration, OSError):
-        cpu = platform.processor() or "unknown CPU"
-    gpus = tf.config.list_physical_devices("GPU")
-    return (f"{cpu}, {os.cpu_count()} cores, {len(gpus)} GPU(s); TensorFlow {tf.__version__}, "
-            f"Keras {keras.__version__}, Python {platform.python_version()}")
 
 
 def main():
