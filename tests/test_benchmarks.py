@@ -1,0 +1,103 @@
+"""The benchmark scripts keep working: each one's --smoke run succeeds and prints sane tables.
+
+The figures of a smoke run mean nothing (tiny inputs, two rounds on a busy machine); what is
+checked is that every expected row is there and every measured number is a positive finite
+figure, so a script that silently measures nothing or divides by zero fails here.
+"""
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_smoke(script: str) -> str:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], cwd=BENCHMARKS.parent,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{script} --smoke failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def tables(output: str) -> list[list[dict[str, str]]]:
+    """Every Markdown table in `output`, as a list of rows keyed by the header cells."""
+    found, block = [], []
+    for line in output.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif block:
+            header, rule, *rows = block
+            assert set("".join(rule)) <= set("-:"), f"not a Markdown table: {block}"
+            assert all(len(row) == len(header) for row in rows), f"ragged table: {block}"
+            found.append([dict(zip(header, row)) for row in rows])
+            block = []
+    return found
+
+
+def positive(cell: str) -> float:
+    value = float(cell.rstrip("x%"))
+    assert math.isfinite(value) and value > 0, f"not a positive finite figure: {cell!r}"
+    return value
+
+
+def table_with(output: str, column: str) -> list[dict[str, str]]:
+    matching = [rows for rows in tables(output) if rows and column in rows[0]]
+    assert len(matching) == 1, f"expected one table with column {column!r} in:\n{output}"
+    return matching[0]
+
+
+def test_supernet_step_smoke():
+    output = run_smoke("supernet_step.py")
+    rows = {row["step"]: row for row in table_with(output, "ratio to plain")}
+    assert set(rows) == {"plain child step", "supernet, single path", "supernet, distillation + meta scoring"}
+    for row in rows.values():
+        positive(row["ms/step"]), positive(row["ratio to plain"])
+    assert rows["plain child step"]["ratio to plain"] == "1.00x"
+
+
+def test_train_throughput_smoke():
+    output = run_smoke("train_throughput.py")
+    rows = {row["net"]: row for row in table_with(output, "ours / PyTorch")}
+    assert set(rows) == {"cream_287", "search winner (Fashion-MNIST)"}
+    for row in rows.values():
+        positive(row["ours (images/s)"]), positive(row["PyTorch (images/s)"]), positive(row["ours / PyTorch"])
+        assert row["target"] == ">= 1.3x"
+    assert "torch 2" in output and "tensorflow 2" in output  # the machine line names the versions
+
+
+def test_inference_latency_smoke():
+    output = run_smoke("inference_latency.py")
+    latency = table_with(output, "latency (ms)")
+    assert {(row["threads"], row["runtime"]) for row in latency} == {
+        ("1", "Keras (tf.function)"), ("1", "TFLite float32 (XNNPACK)"), ("1", "TFLite int8 (XNNPACK)"),
+        ("1", "ONNX Runtime float32 (timm export)")}
+    for row in latency:
+        positive(row["latency (ms)"]), positive(row["speed vs ONNX Runtime"])
+    comparisons = {row["comparison"]: row for row in table_with(output, "speed-up")}
+    assert set(comparisons) == {"TFLite float32 vs ONNX Runtime", "TFLite int8 vs TFLite float32"}
+    for row in comparisons.values():
+        positive(row["speed-up"])
+    assert comparisons["TFLite int8 vs TFLite float32"]["target"] == ">= 1.6x"
+    for row in table_with(output, "share of peak"):
+        assert positive(row["share of peak"]) < 100, row  # above peak: a wrong peak or MAC count
+    # All runtimes ran the same network with the same weights.
+    differences = [float(d) for d in re.findall(r"\) (\d\.\de[-+]\d+)", output)]
+    assert len(differences) == 2 and max(differences) < 1e-3, output
+
+
+def test_hardware_peak_smoke():
+    output = run_smoke("hardware_peak.py")
+    assert "G multiply-adds/s per core" in output and "assumed" in output
+    rows = table_with(output, "int8 peak (G multiply-adds/s)")
+    assert [row["cores"] for row in rows] == [str(n) for n in range(1, len(rows) + 1)]
+    for row in rows:
+        assert positive(row["int8 peak (G multiply-adds/s)"]) >= positive(row["float32 peak (G multiply-adds/s)"])
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_")))
+def test_run_all_runs_every_script(script):
+    assert script in (BENCHMARKS / "run_all.sh").read_text(), f"benchmarks/run_all.sh does not run {script}"
