@@ -12,7 +12,7 @@ out=runs/benchmarks
 mkdir -p "$out"
 smoke=""
 [[ "${1:-}" == "--smoke" ]] && smoke="--smoke"
-echo "Load before the runs:$(uptime | sed 's/.*load average//')" | tee "$out/load.txt"
+echo "Load average before the runs: $(uptime | sed 's/.*load average: //')" | tee "$out/load.txt"
 
 run() {
   local script=$1 name=${1%.py}
