@@ -93,8 +93,10 @@ def load(config: DataConfig, split: str, *, training: bool, batch_size: int | No
         last partial batch; False gives the same images in the same order on every pass.
       batch_size: defaults to config.batch_size.
       repeat: repeat forever (each pass reshuffled when training).
-      seed: shuffle order; None draws a new order every run. It does not change which images
-        are held out (config.seed does).
+      seed: shuffle order and augmentation draws; None draws new ones every run. Under op
+        determinism (TrainConfig.deterministic) the same seed and TensorFlow global seed give the
+        same batches in any process, whatever ran before (this is how a resumed epoch sees the
+        batches it would have seen). It does not change which images are held out (config.seed does).
     """
     _check(config, split)
     batch_size = config.batch_size if batch_size is None else batch_size
@@ -102,11 +104,13 @@ def load(config: DataConfig, split: str, *, training: bool, batch_size: int | No
         raise ValueError(f"batch_size={batch_size} must be at least 1.")
     source = _source(config, split, shuffle=training, seed=seed)
     dataset = source.examples.repeat() if repeat else source.examples
-    dataset = dataset.map(_preprocessor(config, source, training), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(_seeded(_preprocessor(config, source, training), seed),
+                          num_parallel_calls=tf.data.AUTOTUNE)
     # A fixed batch dimension while training keeps TPUs and XLA to one compiled step.
     dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=tf.data.AUTOTUNE)
     if training and (config.mixup_alpha > 0 or config.cutmix_alpha > 0):
-        dataset = dataset.map(_mixer(config), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(_seeded(_mixer(config), seed + 1 if seed is not None else None),
+                              num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -564,6 +568,23 @@ def _preprocessor(config: DataConfig, source: _Source, training: bool) -> Callab
     return prepare
 
 
+def _seeded(function: Callable, seed: int | None) -> Callable:
+    """`function` with its random ops seeded from `seed`, for a map over a dataset.
+
+    The random ops of a traced function draw their seeds from the graph's seed and their order in
+    the graph, so setting the graph's seed while tracing fixes every draw. (Setting TensorFlow's
+    global seed instead would also work, but it empties the runtime's cache of instantiated
+    functions: every traced training step then pays tens of seconds to be rebuilt.)
+    """
+    if seed is None:
+        return function
+
+    def seeded(*args):
+        tf.compat.v1.set_random_seed(seed)  # inside the trace: sets this graph's seed only
+        return function(*args)
+    return seeded
+
+
 def _pad_and_crop(image: tf.Tensor, size: int, random: bool) -> tf.Tensor:
     """Fashion-MNIST: a random 2-pixel shift while training, then the network's size."""
     if random:
@@ -575,8 +596,11 @@ def _pad_and_crop(image: tf.Tensor, size: int, random: bool) -> tf.Tensor:
 
 def _random_resized_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     """Inception-style crop: 8%..100% of the area, aspect 3/4..4/3 (timm's defaults)."""
-    begin, extent, _ = tf.image.sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([1, 0, 4]), min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
+    # The stateless op with a seed drawn like any other random op: its stateful twin insists on
+    # an explicit op seed under op determinism, which would fix the crops for every epoch.
+    seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+    begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([1, 0, 4]), seed, min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
         area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
     crop = tf.slice(image, begin, extent)
     crop.set_shape([None, None, image.shape[-1]])  # tf.slice forgets the channels

@@ -311,6 +311,39 @@ def test_random_erasing_runs_in_the_pipeline_on_grayscale(tmp_path):
         assert 0.6 <= same < 1.0
 
 
+@pytest.fixture
+def op_determinism():
+    tf.config.experimental.enable_op_determinism()
+    yield
+    from tensorflow.python.framework import config as tf_config  # no public switch back
+
+    tf_config.disable_op_determinism()
+
+
+def test_a_seed_fixes_order_and_augmentation_whatever_ran_before(tmp_path, op_determinism):
+    write_folder(tmp_path, per_class=(4, 4))
+    config = folder_config(tmp_path, channels=1, batch_size=6, random_erasing=0.5, mixup_alpha=0.8)
+
+    def batches(seed, config=config):
+        return everything(data.load(config, "train_full", training=True, seed=seed, repeat=True).take(3))
+    tf.random.set_seed(0)  # the run's global seed, as Search and Retrain set it once at the start
+    first = batches(7)
+    tf.random.uniform(())  # other random work in between moves TensorFlow's op-seed counter
+    for a, b in zip(first, batches(7)):
+        np.testing.assert_array_equal(a, b)
+
+    # Another seed draws other crops, not only another order: one image, repeated, shows it.
+    (tmp_path / "same").mkdir()
+    one = folder_config(tmp_path / "same", channels=1, batch_size=4, validation_size=0)
+    for label in range(2):
+        (tmp_path / "same" / "train" / f"class_{label}").mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "same" / "train" / f"class_{label}" / f"{i}.png").write_bytes(
+                tf.io.encode_png(noise_image(0)).numpy())
+    crops = [np.sort(batches(seed, one)[0].reshape(12, -1), axis=0) for seed in (7, 8)]
+    assert not np.array_equal(*crops)
+
+
 @pytest.mark.parametrize("mixup_alpha,cutmix_alpha", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
 def test_mixup_and_cutmix_give_soft_labels_that_sum_to_one(tmp_path, mixup_alpha, cutmix_alpha):
     write_folder(tmp_path, per_class=(3, 3))

