@@ -20,6 +20,7 @@ from cream_tf.flops import flops_of
 from cream_tf.search.board import Entry, PrioritizedBoard
 from cream_tf.search.run import Search
 from cream_tf.search.sampler import PathSampler
+from cream_tf.search.selection import PathEvaluator, recalibrate_batchnorm
 from cream_tf.search.trainer import CreamTrainer, soft_cross_entropy
 from cream_tf.supernet import Supernet, random_path
 
@@ -122,6 +123,37 @@ def test_one_trace_serves_fifty_paths_and_skipped_blocks_stay_put(trainer):
                 if id(v) not in used:
                     np.testing.assert_array_equal(v.numpy(), before[id(v)], err_msg=v.path)
     assert trainer.train_step_fn.experimental_get_tracing_count() == 1
+
+
+def test_path_evaluator_recalibrates_each_path_as_a_child_net_would(trainer):
+    """Selection recalibrates on the supernet with one trace for every path; the reference is
+    the extracted child recalibrated with Keras' own BatchNormalization (an exact running mean)."""
+    supernet = trainer.supernet
+    calibration = [tf.constant(_batch(100 + i)[0]) for i in range(3)]
+    evaluator = PathEvaluator(supernet, calibration)
+    rng = np.random.default_rng(7)
+    for _ in range(2):
+        path = random_path(SPACE, rng)
+        reference = supernet.extract_child(path)
+        recalibrate_batchnorm(reference, [(images, None) for images in calibration])
+        skipped = {id(v): v.numpy() for v in supernet.weights}
+        used = {id(v) for v in supernet.path_variables(path)}
+        evaluator.recalibrate(path)
+        for v in supernet.weights:
+            if id(v) not in used:
+                np.testing.assert_array_equal(v.numpy(), skipped[id(v)], err_msg=v.path)
+        child = supernet.extract_child(path)
+        for ours, theirs in zip(child.layers, reference.layers):
+            if isinstance(ours, keras.layers.BatchNormalization):
+                np.testing.assert_allclose(ours.moving_mean, theirs.moving_mean, rtol=1e-4, atol=1e-5)
+                # The fused op keeps the unbiased variance: n / (n - 1) times Keras', n = batch x height x width.
+                n = 16 * int(np.prod(theirs.input.shape[1:3]))
+                np.testing.assert_allclose(ours.moving_variance, theirs.moving_variance * n / (n - 1), rtol=1e-4,
+                                           atol=1e-7)
+        images = tf.constant(_batch(200)[0])
+        np.testing.assert_array_equal(evaluator._predict(images, tf.constant(path)),
+                                      np.argmax(child(images, training=False), axis=-1))
+    assert evaluator._calibrate.experimental_get_tracing_count() == 1
 
 
 def test_board_stores_the_students_own_softmax(trainer):

@@ -13,9 +13,9 @@ import tensorflow as tf
 from absl import logging
 
 from cream_tf import atomic, data
+from cream_tf.blocks import FusedBatchNormalization
 from cream_tf.export import write_entry
 from cream_tf.flops import cost_of
-from cream_tf.search.board import Entry
 
 
 def recalibrate_batchnorm(model: keras.Model, batches) -> None:
@@ -47,20 +47,66 @@ def top1(model: keras.Model, dataset, max_batches: int = 0) -> float:
     return 100.0 * correct / max(total, 1)
 
 
-def evaluate_path(search, entry: Entry) -> tuple[keras.Model, float]:
-    selection, config = search.config.selection, search.config.data
-    child = search.supernet.extract_child(entry.path, name="cream_child")
-    if selection.recalibrate_bn:
-        calibration = data.load(config, "train", training=False).take(selection.recalibrate_batches)
-        recalibrate_batchnorm(child, calibration)
-    return child, top1(child, data.load(config, "validation", training=False), selection.eval_batches)
+class PathEvaluator:
+    """Held-out top-1 of board paths, computed on the supernet itself.
+
+    One traced recalibration and one traced prediction serve every path (the path is a
+    tensor), where a child net per path would be built and traced anew. Recalibration
+    overwrites the BatchNorm statistics of the path's blocks and of the shared ones, so a
+    child extracted right after a path's evaluation inherits that path's own statistics.
+    """
+
+    def __init__(self, supernet, calibration: list, recalibrate: bool = True):
+        self.supernet = supernet
+        self.calibration = calibration if recalibrate else []
+        self.norms = [layer for layer in supernet._flatten_layers() if isinstance(layer, FusedBatchNormalization)]
+
+        @tf.function
+        def calibrate(images, path, keep):
+            momenta = [norm.momentum for norm in self.norms]
+            try:  # a tensor momentum, so one trace serves every batch's blending factor
+                for norm in self.norms:
+                    norm.momentum = keep
+                supernet(images, path, training=True)
+            finally:
+                for norm, momentum in zip(self.norms, momenta):
+                    norm.momentum = momentum
+
+        self._calibrate = calibrate
+        self._predict = tf.function(lambda images, path: tf.argmax(
+            supernet(images, path, training=False), axis=-1, output_type=tf.int32))
+
+    def recalibrate(self, path) -> None:
+        """Every BatchNorm's moving statistics become their exact mean over the calibration
+        batches: the first batch replaces them, later ones average in."""
+        path = tf.constant(path, tf.int32)
+        for i, images in enumerate(self.calibration):
+            self._calibrate(images, path, tf.constant(i / (i + 1), tf.float32))
+
+    def top1(self, path, dataset, max_batches: int = 0) -> float:
+        self.recalibrate(path)
+        path = tf.constant(path, tf.int32)
+        correct = total = 0
+        for i, (images, labels) in enumerate(dataset):
+            if max_batches and i >= max_batches:
+                break
+            correct += int(tf.reduce_sum(tf.cast(tf.equal(self._predict(images, path),
+                                                          tf.cast(labels, tf.int32)), tf.int32)))
+            total += int(labels.shape[0])
+        return 100.0 * correct / max(total, 1)
 
 
 def select_and_export(search) -> dict:
     config = search.config
+    selection = config.selection
+    calibration = [images for images, _ in data.load(config.data, "train", training=False)
+                   .take(selection.recalibrate_batches)]
+    evaluator = PathEvaluator(search.supernet, calibration, selection.recalibrate_bn)
+    validation = data.load(config.data, "validation", training=False)
     rows, models = [], []
     for rank, entry in enumerate(search.board.entries):
-        child, accuracy = evaluate_path(search, entry)
+        accuracy = evaluator.top1(entry.path, validation, selection.eval_batches)
+        child = search.supernet.extract_child(entry.path, name="cream_child")
         arch = search.space.arch(list(entry.path))
         rows.append({"rank": rank, "arch": str(arch), "path": arch.path, "mflops": round(entry.macs / 1e6, 3),
                      "params": cost_of(arch).params, "train_top1": round(entry.accuracy, 3),
@@ -76,8 +122,7 @@ def select_and_export(search) -> dict:
         return result
     # Every board path lies in the FLOPs range already (the sampler only proposes such paths).
     best = max(range(len(rows)), key=lambda i: (rows[i]["val_top1"], -rows[i]["mflops"]))
-    winner_model, winner_arch = models[best]
-    test = top1(winner_model, data.load(config.data, "test", training=False))
+    test = evaluator.top1(search.board.entries[best].path, data.load(config.data, "test", training=False))
     result["winner"] = dict(rows[best], test_top1=round(test, 3))
     for row, (child, arch) in zip(rows, models):
         row["winner"] = row["rank"] == best
