@@ -2,8 +2,8 @@
 
 One training step = forward (training mode), cross-entropy, backward, SGD with momentum 0.9
 (lr 0.01, no weight decay, no dropout), on the same random batch and the same weights (timm's
-initialization, copied into ours). Ours: cream_tf's functional model, the step in a
-tf.function. PyTorch: tests/torch_reference.py's timm MobileNetV3, eager, NCHW. Both run
+initialization, copied into ours). Ours: cream_tf's functional model as `--mode=retrain`
+trains it (fused BatchNorm), the step in a tf.function. PyTorch: tests/torch_reference.py's timm MobileNetV3, eager, NCHW. Both run
 in one process pinned to `--threads` cores (TensorFlow intra- and inter-op pools and
 torch.set_num_threads all set to that number); the two sides alternate, `--steps` steps per
 side per round, and the figures are medians over `--rounds` rounds (target: ours >= 1.3x).
@@ -82,7 +82,7 @@ def torch_step(model):
 
 def measure(arch: Arch, batch: int, steps: int, rounds: int) -> dict:
     reference = timm_cream(arch.choices, num_classes=arch.num_classes, in_chans=arch.in_channels)
-    model = build_child(arch.replace(dropout=0.0, drop_path=0.0))
+    model = build_child(arch.replace(dropout=0.0, drop_path=0.0), fused_bn=True)
     load_state_dict(model, numpy_state_dict(reference))
     rng = np.random.default_rng(0)
     images = rng.normal(size=(batch, arch.input_size, arch.input_size, arch.in_channels)).astype("float32")

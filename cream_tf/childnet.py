@@ -26,12 +26,17 @@ def drop_path_rates(arch: Arch) -> list[float]:
     return [arch.drop_path * i / count for i in range(count)]
 
 
-def build_child(arch: Arch, name: str = "cream") -> keras.Model:
-    """The network `arch` describes, with freshly initialized weights."""
+def build_child(arch: Arch, name: str = "cream", fused_bn: bool = False) -> keras.Model:
+    """The network `arch` describes, with freshly initialized weights.
+
+    fused_bn: BatchNorm as TensorFlow's fused op, which trains about a quarter faster on a CPU
+      (the same variables, so weights copy one to one). Its layer class is ours, so models that
+      are saved or exported keep the default, Keras' own BatchNormalization.
+    """
     specs = block_specs(arch)
     inputs = keras.Input((arch.input_size, arch.input_size, arch.in_channels), name="image")
-    x = Block(specs[0]).call(inputs)
+    x = Block(specs[0], fused_bn=fused_bn).call(inputs)
     for spec, rate in zip(specs[1:], drop_path_rates(arch)):
-        x = Block(spec, drop_path=rate).call(x)
+        x = Block(spec, drop_path=rate, fused_bn=fused_bn).call(x)
     outputs = Head(arch.num_classes, HEAD_CHANNELS, arch.dropout).call(x)
     return keras.Model(inputs, outputs, name=name)

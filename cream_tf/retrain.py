@@ -227,7 +227,7 @@ class Retrainer:
             logging.info("train.mixed_precision: no GPU, training in float32.")
         with self.strategy.scope():
             with dtype_policy("mixed_float16" if self.mixed else "float32"):
-                self.model = build_child(self.arch)
+                self.model = build_child(self.arch, fused_bn=True)  # export_model() copies to Keras' BN
             if weights:
                 zoo.load_weights_from(self.model, weights)
             self.ema_model = None

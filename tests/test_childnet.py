@@ -57,3 +57,26 @@ def test_drop_path_grows_linearly_and_acts_only_in_training():
     keras.utils.set_random_seed(3)
     training = [model(images, training=True).numpy() for _ in range(3)]
     assert any(not np.allclose(training[0], t) for t in training[1:])
+
+
+def test_fused_batchnorm_trains_as_pytorch_does_and_copies_to_the_portable_model():
+    """The training model of a retrain (fused BatchNorm) against timm in train mode: batch
+    statistics in the forward pass, and running statistics updated with PyTorch's unbiased
+    variance and momentum; its weights then copy one to one into the portable child."""
+    import torch
+
+    arch = Arch.parse("[0][5,4][1,2,3][4,4][2]@28;in=1;classes=10;stem=16/1;dropout=0")
+    reference = timm_cream(arch.choices, num_classes=10, in_chans=1)
+    reference.conv_stem.stride = (1, 1)
+    randomize_bn(reference)
+    fused = build_child(arch, fused_bn=True)
+    load_state_dict(fused, numpy_state_dict(reference))
+    images = np.random.default_rng(2).normal(size=(8, 28, 28, 1)).astype("float32")
+    reference.train()
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(np.transpose(images, (0, 3, 1, 2)))).numpy()
+    np.testing.assert_allclose(fused(images, training=True).numpy(), expected, atol=1e-4)
+    portable = build_child(arch)
+    portable.set_weights(fused.get_weights())
+    reference.eval()
+    assert np.abs(portable(images, training=False).numpy() - logits(reference, images)).max() <= 1e-4
