@@ -38,6 +38,11 @@ def recalibrate_batchnorm(model: keras.Model, batches) -> None:
 
 def top1(model: keras.Model, dataset, max_batches: int = 0) -> float:
     predict = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32))
+    return _top1(predict, dataset, max_batches)
+
+
+def _top1(predict, dataset, max_batches: int) -> float:
+    """Top-1 (%) of `predict` (images -> int32 classes) over `dataset`, or its first max_batches."""
     correct = total = 0
     for i, (images, labels) in enumerate(dataset):
         if max_batches and i >= max_batches:
@@ -59,7 +64,9 @@ class PathEvaluator:
     def __init__(self, supernet, calibration: list, recalibrate: bool = True):
         self.supernet = supernet
         self.calibration = calibration if recalibrate else []
-        self.norms = [layer for layer in supernet._flatten_layers() if isinstance(layer, FusedBatchNormalization)]
+        blocks = [supernet.stem, supernet.ds, *[b for row in supernet.choice_blocks for b in row], supernet.last,
+                  supernet.head]
+        self.norms = [layer for block in blocks for layer in block.parts if isinstance(layer, FusedBatchNormalization)]
 
         @tf.function
         def calibrate(images, path, keep):
@@ -86,14 +93,7 @@ class PathEvaluator:
     def top1(self, path, dataset, max_batches: int = 0) -> float:
         self.recalibrate(path)
         path = tf.constant(path, tf.int32)
-        correct = total = 0
-        for i, (images, labels) in enumerate(dataset):
-            if max_batches and i >= max_batches:
-                break
-            correct += int(tf.reduce_sum(tf.cast(tf.equal(self._predict(images, path),
-                                                          tf.cast(labels, tf.int32)), tf.int32)))
-            total += int(labels.shape[0])
-        return 100.0 * correct / max(total, 1)
+        return _top1(lambda images: self._predict(images, path), dataset, max_batches)
 
 
 def select_and_export(search) -> dict:
