@@ -61,9 +61,10 @@ class PathEvaluator:
     child extracted right after a path's evaluation inherits that path's own statistics.
     """
 
-    def __init__(self, supernet, calibration: list, recalibrate: bool = True):
+    def __init__(self, supernet, calibration: list):
+        """calibration: training image batches to recompute statistics on; empty keeps them."""
         self.supernet = supernet
-        self.calibration = calibration if recalibrate else []
+        self.calibration = calibration
         blocks = [supernet.stem, supernet.ds, *[b for row in supernet.choice_blocks for b in row], supernet.last,
                   supernet.head]
         self.norms = [layer for block in blocks for layer in block.parts if isinstance(layer, FusedBatchNormalization)]
@@ -100,8 +101,8 @@ def select_and_export(search) -> dict:
     config = search.config
     selection = config.selection
     calibration = [images for images, _ in data.load(config.data, "train", training=False)
-                   .take(selection.recalibrate_batches)]
-    evaluator = PathEvaluator(search.supernet, calibration, selection.recalibrate_bn)
+                   .take(selection.recalibrate_batches)] if selection.recalibrate_bn else []
+    evaluator = PathEvaluator(search.supernet, calibration)
     validation = data.load(config.data, "validation", training=False)
     rows, models = [], []
     for rank, entry in enumerate(search.board.entries):
