@@ -38,7 +38,8 @@ flags.DEFINE_string("model_dir", "runs/search", "search/retrain: where checkpoin
 flags.DEFINE_string("zoo", None, "A zoo model name, e.g. cream_287.")
 flags.DEFINE_string("arch", None, "An architecture string, e.g. '[3][3,3][3,1,3][3,3,3,3][3,3,3]@224'.")
 flags.DEFINE_integer("num_classes", None, "Classifier width (default: the architecture's own, 1000 for the zoo).")
-flags.DEFINE_integer("in_channels", None, "Input channels: 3 for RGB, 1 for grayscale (default: the architecture's own).")
+flags.DEFINE_integer("in_channels", None,
+                     "Input channels: 3 for RGB, 1 for grayscale (default: the architecture's own).")
 flags.DEFINE_string("weights", None, "export/retrain: a .keras file or entry folder to take weights from "
                     "(default: fresh).")
 flags.DEFINE_string("output_dir", None, "export: the entry folder to write; retrain: where its entry goes "

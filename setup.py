@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 
@@ -8,7 +11,7 @@ def pinned(path):
 
 setup(
     name="cream_tf",
-    version="0.1.0",
+    version=re.search(r'__version__ = "(.+)"', Path("cream_tf/__init__.py").read_text()).group(1),
     description="Cream of the Crop one-shot neural architecture search in TensorFlow/Keras",
     packages=find_packages(include=["cream_tf", "cream_tf.*"]),
     python_requires=">=3.11,<3.12",

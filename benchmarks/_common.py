@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 
 def lscpu() -> dict[str, str]:

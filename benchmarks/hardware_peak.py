@@ -50,8 +50,8 @@ def clock() -> tuple[float, str]:
         with open("/proc/cpuinfo") as cpuinfo:
             mhz = [float(line.split(":")[1]) for line in cpuinfo if line.startswith("cpu MHz")]
         return max(mhz) / 1000, "/proc/cpuinfo 'cpu MHz' (no max MHz reported)"
-    except (OSError, ValueError):
-        raise RuntimeError("No clock rate in lscpu or /proc/cpuinfo; cannot derive the CPU's peak.")
+    except (OSError, ValueError) as error:
+        raise RuntimeError("No clock rate in lscpu or /proc/cpuinfo; cannot derive the CPU's peak.") from error
 
 
 def physical_cores() -> int:

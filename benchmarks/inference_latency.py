@@ -49,10 +49,9 @@ def prepare(folder: Path, input_size: int, calibration_images: int) -> int:
     """Writes model.keras, the two .tflite files and model.onnx of one cream_287; returns its MACs."""
     sys.path.insert(0, str(REPO / "tests"))
     # torch (and timm's torchvision) before TensorFlow: the other order segfaults (tests/conftest.py).
+    import numpy as np
     import torch
     from torch_reference import numpy_state_dict, randomize_bn, timm_cream
-
-    import numpy as np
 
     from cream_tf import export, zoo
     from cream_tf.childnet import build_child

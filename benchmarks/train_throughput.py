@@ -3,7 +3,8 @@
 One training step = forward (training mode), cross-entropy, backward, SGD with momentum 0.9
 (lr 0.01, no weight decay, no dropout), on the same random batch and the same weights (timm's
 initialization, copied into ours). Ours: cream_tf's functional model as `--mode=retrain`
-trains it (fused BatchNorm), the step in a tf.function. PyTorch: tests/torch_reference.py's timm MobileNetV3, eager, NCHW. Both run
+trains it (fused BatchNorm), the step in a tf.function. PyTorch: tests/torch_reference.py's timm MobileNetV3,
+eager, NCHW. Both run
 in one process pinned to `--threads` cores (TensorFlow intra- and inter-op pools and
 torch.set_num_threads all set to that number); the two sides alternate, `--steps` steps per
 side per round, and the figures are medians over `--rounds` rounds (target: ours >= 1.3x).
@@ -28,19 +29,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))  # torch_reference, the timm build the tests use
 
 # torch (and timm's torchvision) before TensorFlow: the other order segfaults (tests/conftest.py).
-import torch  # noqa: E402
-from torch_reference import numpy_state_dict, timm_cream  # noqa: E402
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import torch  # noqa: E402
+from _common import alternate, machine, speedup, table, use_cores  # noqa: E402
+from torch_reference import numpy_state_dict, timm_cream  # noqa: E402
 
 from cream_tf import zoo  # noqa: E402
 from cream_tf.arch import Arch  # noqa: E402
 from cream_tf.childnet import build_child  # noqa: E402
 from cream_tf.convert import load_state_dict  # noqa: E402
-
-from _common import alternate, machine, speedup, table, use_cores  # noqa: E402
 
 LR, MOMENTUM = 0.01, 0.9
 # name -> (architecture, batch); the Fashion-MNIST net is the default search's winner.

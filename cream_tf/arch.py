@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 # Choice index -> (kernel size, expansion ratio), as in the paper and the official code.
 CHOICES: tuple[tuple[int, int], ...] = ((3, 4), (3, 6), (5, 4), (5, 6), (7, 4), (7, 6))
@@ -177,11 +177,11 @@ class Arch:
                 f"stem={self.stem_channels}/{self.stem_stride};dropout={self.dropout:g};"
                 f"drop_path={self.drop_path:g}")
 
-    def replace(self, **changes) -> "Arch":
+    def replace(self, **changes) -> Arch:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def parse(cls, text: str, **defaults) -> "Arch":
+    def parse(cls, text: str, **defaults) -> Arch:
         """Reads the canonical string; keyword arguments fill settings the string leaves out."""
         if not isinstance(text, str):
             raise ValueError(f"An architecture string must be a str; got {type(text).__name__}.")
@@ -225,7 +225,7 @@ class Arch:
         return data
 
     @classmethod
-    def from_json(cls, data: dict | str) -> "Arch":
+    def from_json(cls, data: dict | str) -> Arch:
         if isinstance(data, str):
             data = json.loads(data)
         known = {f.name for f in dataclasses.fields(cls)}
@@ -280,7 +280,7 @@ class SearchSpace:
     template: Arch
 
     @classmethod
-    def create(cls, depths: Sequence[int], **settings) -> "SearchSpace":
+    def create(cls, depths: Sequence[int], **settings) -> SearchSpace:
         return cls(uniform_arch(depths, 0, **settings))
 
     @property
@@ -293,18 +293,17 @@ class SearchSpace:
         return [(s, b) for s, depth in enumerate(self.depths, start=1) for b in range(depth)]
 
     def arch(self, path) -> Arch:
-        """The architecture of a path, given as per-stage tuples or as one flat sequence."""
-        if len(path) == len(self.positions) and all(isinstance(c, (int,)) or hasattr(c, "__index__")
-                                                     for c in path):
-            flat, path = list(path), []
-            for depth in self.depths:
-                path.append(tuple(int(c) for c in flat[:depth]))
-                flat = flat[depth:]
-        arch = self.template.replace(choices=tuple(tuple(s) for s in path))
-        if arch.depths != self.depths:
-            raise ValueError(f"Path {arch.path} has depths {arch.depths}; this search space has "
-                             f"{self.depths}.")
-        return arch
+        """The architecture of a path: one choice per position, as any flat sequence of ints
+        (a tuple, a list, a numpy or tensor vector)."""
+        flat = [int(c) for c in path]
+        if len(flat) != len(self.positions):
+            raise ValueError(f"Path {flat} has {len(flat)} choices; this search space has "
+                             f"{len(self.positions)} positions (depths {self.depths}).")
+        stages, start = [], 0
+        for depth in self.depths:
+            stages.append(tuple(flat[start:start + depth]))
+            start += depth
+        return self.template.replace(choices=tuple(stages))
 
     def fixed_specs(self) -> list[BlockSpec]:
         """The blocks every path shares: stem, ds block, cn block."""

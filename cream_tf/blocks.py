@@ -51,16 +51,9 @@ class FusedBatchNormalization(layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not training:
             return super().call(inputs, training=False)
-        # The fused op blends the statistics itself when the momentum is a number; a tensor
-        # momentum (BatchNorm recalibration varies it per batch in one traced graph) is
-        # blended here from the batch's own statistics.
-        fixed = isinstance(self.momentum, (int, float))
         outputs, mean, variance, *_ = tf.compat.v1.nn.fused_batch_norm(
             inputs, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
-            epsilon=self.epsilon, is_training=True, exponential_avg_factor=1.0 - self.momentum if fixed else 1.0)
-        if not fixed:
-            mean = self.momentum * self.moving_mean + (1.0 - self.momentum) * mean
-            variance = self.momentum * self.moving_variance + (1.0 - self.momentum) * variance
+            epsilon=self.epsilon, is_training=True, exponential_avg_factor=1.0 - self.momentum)
         self.moving_mean.assign(mean)
         self.moving_variance.assign(variance)
         return outputs
@@ -73,10 +66,8 @@ def _bn(name, fused=False):
 
 def _apply(sequence, x, training):
     for layer in sequence:
-        if isinstance(layer, (layers.BatchNormalization, layers.Dropout)):
-            x = layer(x, training=training)
-        else:
-            x = layer(x)
+        takes_training = isinstance(layer, (layers.BatchNormalization, layers.Dropout))
+        x = layer(x, training=training) if takes_training else layer(x)
     return x
 
 

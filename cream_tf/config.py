@@ -19,6 +19,33 @@ from cream_tf import atomic
 
 T = TypeVar("T")
 
+SOURCES = ("fashion_mnist", "folder", "tfrecord", "tfds")
+SPLITS = ("train", "validation", "test", "train_full")  # train_full = train + validation
+AUGMENTS = ("none", "basic", "randaugment")
+PICK_METHODS = ("meta", "top1", "none")
+OPTIMIZERS = ("rmsprop", "sgd")
+SCHEDULES = ("step", "cosine")
+TRAIN_SPLITS = ("train", "train_full")
+
+
+def invalid(key: str, value, valid: str) -> ValueError:
+    """The one form of a bad-setting error: the key, the value received and what is valid."""
+    return ValueError(f"{key}={value!r} is not valid; valid: {valid}.")
+
+
+def require(config, key: str, condition, valid: str) -> None:
+    """Raises `invalid` for `key` (a dotted path into `config`) unless `condition(value)` holds."""
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    if not condition(value):
+        raise invalid(key, value, valid)
+
+
+def _positive(config, keys, valid="an integer >= 1"):
+    for key in keys:
+        require(config, key, lambda v: v >= 1, valid)
+
 
 @dataclasses.dataclass
 class DataConfig:
@@ -40,7 +67,7 @@ class DataConfig:
     mean: tuple[float, ...] = ()  # per-channel; empty = the dataset's default
     std: tuple[float, ...] = ()
     label_offset: int = 0  # tfrecord: added to stored labels; -1 for classic 1-based ImageNet TFRecords
-    # Training-time augmentation (see cream_tf/data.py); evaluation never augments.
+    # Training-time augmentation (see cream_tf.data.augment); evaluation never augments.
     augment: str = "basic"  # 'none', 'basic' (crop + flip) or 'randaugment' (basic, then RandAugment)
     randaugment_layers: int = 2  # ops per image (timm's n)
     randaugment_magnitude: float = 9.0  # 0..10 (timm's m); the paper: 9
@@ -48,6 +75,51 @@ class DataConfig:
     random_erasing: float = 0.0  # probability per image, per-pixel noise fill; the paper: 0.2
     mixup_alpha: float = 0.0  # > 0 turns labels into float32 [B, num_classes] soft labels
     cutmix_alpha: float = 0.0  # as mixup; with both > 0 each batch uses one of the two
+
+    def validate(self, split: str | None = None) -> None:
+        """Raises ValueError naming the first setting (or the split) that is not valid; every
+        public function of cream_tf.data calls it first, so a wrong setting fails before tf.data."""
+        def bad(key, value, valid):
+            raise invalid(f"data.{key}", value, valid)
+
+        if self.name not in SOURCES:
+            bad("name", self.name, ", ".join(SOURCES))
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"Unknown split {split!r}; valid splits are {', '.join(SPLITS)}.")
+        if split == "validation" and self.validation_size == 0:
+            raise ValueError("The validation split is empty: data.validation_size=0 holds nothing out; set it "
+                             "to the number of training images to hold out.")
+        if self.name in ("folder", "tfrecord") and not self.data_dir:
+            bad("data_dir", self.data_dir, f"the root folder of the {self.name} dataset")
+        if self.name == "tfds" and not self.tfds_name:
+            bad("tfds_name", self.tfds_name, "a TFDS dataset name such as 'imagenette/320px-v2'")
+        if self.channels not in (1, 3):
+            bad("channels", self.channels, "1 (grayscale) or 3 (RGB)")
+        if self.image_size < 1:
+            bad("image_size", self.image_size, "a positive number of pixels")
+        if self.num_classes < 1:
+            bad("num_classes", self.num_classes, "at least 1")
+        if self.validation_size < 0:
+            bad("validation_size", self.validation_size, "0 or more images")
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) not in (0, self.channels):
+                bad(key, getattr(self, key), f"empty (the dataset's default) or {self.channels} "
+                                               f"value(s), one per channel (channels={self.channels})")
+        if any(s <= 0 for s in self.std):
+            bad("std", self.std, "positive values")
+        if self.augment not in AUGMENTS:
+            bad("augment", self.augment, ", ".join(AUGMENTS))
+        if self.randaugment_layers < 1:
+            bad("randaugment_layers", self.randaugment_layers, "1 or more")
+        if not 0 <= self.randaugment_magnitude <= 10:
+            bad("randaugment_magnitude", self.randaugment_magnitude, "0..10")
+        if self.randaugment_magnitude_std < 0:
+            bad("randaugment_magnitude_std", self.randaugment_magnitude_std, "0 or more")
+        if not 0 <= self.random_erasing <= 1:
+            bad("random_erasing", self.random_erasing, "a probability in 0..1")
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, key) < 0:
+                bad(key, getattr(self, key), "0 (off) or a positive Beta distribution parameter")
 
 
 @dataclasses.dataclass
@@ -114,6 +186,16 @@ class SearchConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
 
+    def validate(self) -> None:
+        """Everything that can be checked before any data is read, with what would be valid."""
+        self.data.validate()
+        require(self, "cream.pick_method", lambda v: v in PICK_METHODS, ", ".join(PICK_METHODS))
+        _positive(self, ("data.batch_size", "train.epochs", "cream.meta_update_every", "cream.board_size"))
+        require(self, "cream.slice", lambda v: v >= 1 and 2 * v <= self.data.batch_size,
+                f">= 1 and at most half the batch ({self.data.batch_size}): the meta step uses two slices of a batch")
+        require(self, "train.lr", lambda v: v > 0, "a number > 0")
+        require(self, "train.steps_per_epoch", lambda v: v >= 0, "0 (one pass over the split) or more")
+
 
 @dataclasses.dataclass
 class RecipeConfig:
@@ -176,6 +258,30 @@ class RetrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: RecipeConfig = dataclasses.field(default_factory=RecipeConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+    def validate(self) -> None:
+        """Everything that can be checked before any data is read, with what would be valid."""
+        self.data.validate()
+        require(self, "train.optimizer", lambda v: v in OPTIMIZERS, ", ".join(OPTIMIZERS))
+        require(self, "train.lr_schedule", lambda v: v in SCHEDULES, ", ".join(SCHEDULES))
+        require(self, "train.train_split", lambda v: v in TRAIN_SPLITS, ", ".join(TRAIN_SPLITS))
+        for key in ("train.eval_split", "export.eval_split"):
+            require(self, key, lambda v: v in SPLITS, ", ".join(SPLITS))
+        if self.train.train_split == "train_full":
+            require(self, "train.eval_split", lambda v: v == "test",
+                    "'test' when train.train_split is 'train_full' (the other splits are trained on)")
+        _positive(self, ("data.batch_size", "train.epochs", "train.lr_batch_size", "train.checkpoint_every_epochs",
+                         "export.calibration_images"))
+        for key in ("steps_per_epoch", "eval_every_epochs", "eval_batches", "ema_recalibrate_batches"):
+            require(self, f"train.{key}", lambda v: v >= 0, "0 or more")
+        for key in ("lr", "decay_epochs", "rmsprop_epsilon"):
+            require(self, f"train.{key}", lambda v: v > 0, "a number > 0")
+        for key in ("warmup_epochs", "warmup_lr", "weight_decay", "momentum"):
+            require(self, f"train.{key}", lambda v: v >= 0, "a number >= 0")
+        require(self, "train.decay_rate", lambda v: 0 < v <= 1, "a factor in (0, 1]")
+        for key in ("ema_decay", "label_smoothing", "rmsprop_rho"):
+            require(self, f"train.{key}", lambda v: 0 <= v < 1, "a number in [0, 1)")
+        require(self, "export.eval_batches", lambda v: v >= 0, "0 (the whole split) or more")
 
 
 def from_dict(cls: type[T], data: dict | None, path: str = "") -> T:

@@ -10,9 +10,9 @@ imported only there, so the rest of cream_tf works without it.
 
 Example (an official checkpoint, downloaded by the user from the microsoft/Cream README):
 
-    >>> from cream_tf import zoo
-    >>> checkpoint = read_checkpoint("287.pth.tar")       # state_dict_ema when present
-    >>> model, arch = build_from_checkpoint(zoo.arch_of("cream_287"), checkpoint, name="cream_287")
+    from cream_tf import zoo
+    checkpoint = read_checkpoint("287.pth.tar")       # state_dict_ema when present
+    model, arch = build_from_checkpoint(zoo.arch_of("cream_287"), checkpoint, name="cream_287")
 
 `zoo.build("cream_287", weights="287.pth.tar")` does the same.
 """
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import keras
 import numpy as np

@@ -9,12 +9,11 @@ loop serves all of them and their figures compare exactly.
 Evaluation reads `data.load(config, split, training=False)`: no augmentation, the same images
 in the same order on every pass.
 
-Example:
+Example (needs an entry a retrain wrote; returns top1, top5, images, split, format, source):
 
-    >>> from cream_tf import evaluate
-    >>> from cream_tf.config import DataConfig
-    >>> evaluate.evaluate("runs/retrain/entry/model_int8.tflite", DataConfig(), "test")
-    {'top1': 92.31, 'top5': 99.86, 'images': 10000, 'split': 'test', 'format': 'tflite_int8', ...}
+    from cream_tf import evaluate
+    from cream_tf.config import DataConfig
+    figures = evaluate.evaluate("runs/retrain/entry/model_int8.tflite", DataConfig(), "test")
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cream_tf import data, export
+from cream_tf import data, folders
 from cream_tf.config import DataConfig
 
 QUANTIZED_DTYPES = (np.int8, np.uint8)
@@ -112,11 +111,9 @@ def predictor(source):
         return TFLitePredictor(path)
     if path.is_file() and path.suffix == ".keras":
         return KerasPredictor(keras.models.load_model(path, compile=False), source=str(path))
-    if path.is_dir() and (path / export.KERAS_FILE).is_file():
-        return KerasPredictor(keras.models.load_model(path / export.KERAS_FILE, compile=False), "entry", str(path))
-    from cream_tf import retrain  # its training machinery is only needed for checkpoints
-
-    model, _ = retrain.load_trained(path)  # raises, naming what is valid, for anything else
+    if path.is_dir() and (path / folders.KERAS_FILE).is_file():
+        return KerasPredictor(keras.models.load_model(path / folders.KERAS_FILE, compile=False), "entry", str(path))
+    model, _ = folders.load_trained(path)  # raises, naming what is valid, for anything else
     return KerasPredictor(model, "checkpoint", str(path))
 
 

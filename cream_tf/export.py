@@ -1,14 +1,7 @@
-"""Writes a zoo entry folder: the model as `.keras`, TF SavedModel and float32 TFLite, plus metadata.
-
-An entry folder holds:
-
-    model.keras            opens with keras.models.load_model, no cream_tf needed
-    saved_model/           for TF Serving and tf.saved_model.load (signature 'serve')
-    model_float32.tflite   for ai_edge_litert / TFLite on device
-    model_int8.tflite      with data: full-integer post-training quantization (see to_tflite_int8)
-    metadata.json          architecture, input and preprocessing, FLOPs, parameters, weights source;
-                           with data also the int8 file's quantization and every format's
-                           measured top-1/top-5
+"""Writes a zoo entry folder: the model as `.keras`, TF SavedModel and float32 TFLite, plus metadata
+(the folder's layout is in cream_tf.folders). With data it also holds `model_int8.tflite`
+(see to_tflite_int8), and metadata.json records the int8 file's quantization and every
+format's measured top-1/top-5.
 
 The entry is written under a temporary name beside the target and renamed into place, so a
 failed export leaves nothing half-written behind.
@@ -27,12 +20,7 @@ from cream_tf import atomic, data, evaluate
 from cream_tf.arch import Arch
 from cream_tf.config import DataConfig, ExportConfig
 from cream_tf.flops import cost_of
-
-KERAS_FILE = "model.keras"
-SAVED_MODEL_DIR = "saved_model"
-TFLITE_FLOAT_FILE = "model_float32.tflite"
-TFLITE_INT8_FILE = "model_int8.tflite"
-METADATA_FILE = "metadata.json"
+from cream_tf.folders import KERAS_FILE, METADATA_FILE, SAVED_MODEL_DIR, TFLITE_FLOAT_FILE, TFLITE_INT8_FILE
 
 
 def to_tflite_float(saved_model_dir: Path) -> bytes:
@@ -95,7 +83,7 @@ def metadata_for(arch: Arch, *, weights_source: str, preprocessing: dict, extra:
         "parameters": cost.params,
         "weights": weights_source,
         "files": {"keras": KERAS_FILE, "saved_model": SAVED_MODEL_DIR, "tflite_float32": TFLITE_FLOAT_FILE},
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": {"cream_tf": cream_tf.__version__, "tensorflow": tf.__version__, "keras": keras.__version__},
     }
     data.update(extra or {})

@@ -16,10 +16,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
-from cream_tf.arch import (CHOICES, HEAD_CHANNELS, STAGES, Arch, BlockSpec, block_specs,
-                           uniform_arch)
+from cream_tf.arch import CHOICES, HEAD_CHANNELS, STAGES, Arch, BlockSpec, block_specs, uniform_arch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,10 +111,6 @@ def cost_of(arch: Arch) -> Cost:
 def flops_of(arch: Arch) -> int:
     """Multiply-adds of conv and dense layers."""
     return cost_of(arch).macs
-
-
-def params_of(arch: Arch) -> int:
-    return cost_of(arch).params
 
 
 def choice_block_macs(arch: Arch) -> int:

@@ -18,10 +18,9 @@ from __future__ import annotations
 import functools
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from cream_tf.arch import CHOICES, HEAD_CHANNELS, SearchSpace
+from cream_tf.arch import HEAD_CHANNELS, SearchSpace
 from cream_tf.blocks import Block, Head
 from cream_tf.childnet import build_child, drop_path_rates
 
@@ -53,6 +52,11 @@ class Supernet(keras.Model):
             x = [block(x) for block in row][0]
         self.head(self.last(x))
         self.built = True
+
+    @property
+    def blocks(self) -> list:
+        """Every block, in network order: stem, ds, each position's candidates, last, head."""
+        return [self.stem, self.ds, *[block for row in self.choice_blocks for block in row], self.last, self.head]
 
     @property
     def num_positions(self) -> int:
@@ -87,29 +91,18 @@ class Supernet(keras.Model):
         """Per owner, does `path` use it (a boolean tensor; True for the shared parts)?"""
         return [tf.constant(True) if o is None else tf.equal(path[o[0]], o[1]) for o in owners]
 
-    def path_variables(self, path) -> list:
-        """The variables (weights and BatchNorm statistics) a path, given on the host, uses."""
-        flat = [int(c) for c in np.asarray(path).reshape(-1)]
-        return [v for v in self.weights
-                if id(v) not in self._owner or flat[self._owner[id(v)][0]] == self._owner[id(v)][1]]
-
     # --- child nets -----------------------------------------------------------------------
 
     def blocks_of(self, path) -> list[Block]:
-        flat = [int(c) for c in np.asarray(path).reshape(-1)]
-        return [self.stem, self.ds, *[row[c] for row, c in zip(self.choice_blocks, flat)], self.last]
+        """The blocks `path` (one choice per position) runs, in network order."""
+        path = [int(c) for c in path]
+        return [self.stem, self.ds, *[row[c] for row, c in zip(self.choice_blocks, path)], self.last, self.head]
 
     def extract_child(self, path, name: str = "cream") -> keras.Model:
         """A functional child net for `path` carrying the supernet's weights for it."""
-        arch = self.space.arch([int(c) for c in np.asarray(path).reshape(-1)])
-        child = build_child(arch, name=name)
-        parts = {layer.name: layer for block in [*self.blocks_of(path), self.head]
-                 for layer in block.parts if layer.weights}
+        child = build_child(self.space.arch(path), name=name)
+        parts = {layer.name: layer for block in self.blocks_of(path) for layer in block.parts if layer.weights}
         for layer in child.layers:
             if layer.weights:
                 layer.set_weights(parts[layer.name].get_weights())
         return child
-
-
-def random_path(space: SearchSpace, rng: np.random.Generator) -> np.ndarray:
-    return rng.integers(0, len(CHOICES), size=len(space.positions)).astype(np.int32)

@@ -27,7 +27,7 @@ from cream_tf.arch import SearchSpace  # noqa: E402
 from cream_tf.config import SearchConfig  # noqa: E402
 from cream_tf.search.board import Entry, PrioritizedBoard  # noqa: E402
 from cream_tf.search.trainer import CreamTrainer  # noqa: E402
-from cream_tf.supernet import Supernet, random_path  # noqa: E402
+from cream_tf.supernet import Supernet  # noqa: E402
 
 SPACE = SearchSpace.create((1, 1, 1, 1, 1), input_size=16, in_channels=1, num_classes=10,
                            stem_stride=1, stem_channels=8, dropout=0.0)  # dropout masks differ per replica
@@ -43,13 +43,22 @@ def batch(seed):
     return np.concatenate([half, half]), np.concatenate([labels, labels])
 
 
-def train(strategy, steps, distribute, initial=None, meta=True):
+class Capture(keras.callbacks.Callback):
+    """Keeps the last step's outputs (figures and the board candidate)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs = logs
+
+
+def train(strategy, steps, initial=None, meta=True):
+    """`steps` steps through Keras' fit, the host setting each step as the search does."""
     keras.utils.set_random_seed(0)
     config = SearchConfig()
     config.cream.board_size = 2
     with strategy.scope():
         supernet = Supernet(SPACE)
-    trainer = CreamTrainer(supernet, config, BATCH, strategy)
+        trainer = CreamTrainer(supernet, config, BATCH)
+        trainer.compile(optimizer=None)
     if initial is not None:  # the same starting point, whatever order initializers ran in
         for variable, value in zip(supernet.weights + trainer.meta.weights, initial):
             variable.assign(value)
@@ -57,14 +66,15 @@ def train(strategy, steps, distribute, initial=None, meta=True):
     rng = np.random.default_rng(1)
     snapshots = []
     for step in range(steps):
-        images, labels = distribute(batch(step))
-        path = tf.constant(random_path(SPACE, rng))
+        path = rng.integers(0, 6, size=len(SPACE.positions)).astype(np.int32)
         distill = len(board) > 0
-        if distill and meta:
-            trainer.meta_step_fn(images, labels, path, tf.constant(0.1), tf.constant(0.01))
-        out = trainer.train_step_fn(images, labels, path, tf.constant(0.1), tf.constant(distill))
-        if board.offer(Entry(tuple(path.numpy()), float(out["correct"]), step, out["images"].numpy(),
-                             out["probs"].numpy())):
+        trainer.set_step(path, 0.1, distill, meta=distill and meta)
+        capture = Capture()
+        # Keras splits the global batch over the replicas, as it does in the search.
+        trainer.fit(tf.data.Dataset.from_tensor_slices(batch(step)).batch(BATCH), epochs=1, steps_per_epoch=1,
+                    shuffle=False, verbose=0, callbacks=[capture])
+        out = capture.logs
+        if board.offer(Entry(tuple(path), float(out["correct"]), step, out["images"], out["probs"])):
             trainer.load_board(board)
         snapshots.append(weights(supernet, trainer))
     return snapshots or [weights(supernet, trainer)]
@@ -75,25 +85,17 @@ def weights(supernet, trainer):
     return {v.path: v.numpy() for v in variables}
 
 
-def distributor(strategy):
-    def distribute(arrays):
-        dataset = tf.data.Dataset.from_tensor_slices(arrays).batch(BATCH)
-        return next(iter(strategy.experimental_distribute_dataset(dataset)))
-    return distribute
-
-
 if MODE == "mirrored":
     one = tf.distribute.OneDeviceStrategy("/cpu:0")
     two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    # The second step distils from the board path the first one left (tracing the meta step
-    # per replica would double this test's time; the multi-worker test runs it).
-    initial = list(train(one, 0, distributor(one))[0].values())
-    a = train(one, 2, distributor(one), initial, meta=False)
-    b = train(two, 2, distributor(two), initial, meta=False)
+    # The second step updates the meta network, then distils from the board path the first one left.
+    initial = list(train(one, 0)[0].values())
+    a = train(one, 2, initial)
+    b = train(two, 2, initial)
     np.savez(OUT, **{f"{kind}/{step}/{k}": v for kind, runs in (("one", a), ("two", b))
                      for step, snapshot in enumerate(runs, start=1) for k, v in snapshot.items()})
 else:
-    # Two steps: a warm-up step that fills the board, then one that distils from it.
+    # Two steps: a warm-up step that fills the board, then a meta step and one that distils from it.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    np.savez(OUT, **train(strategy, 2, distributor(strategy), meta=False)[-1])
+    np.savez(OUT, **train(strategy, 2)[-1])
 print("done")

@@ -1,9 +1,10 @@
 """The Arch value type: one canonical string and JSON form, and clear errors for bad input."""
 
 import pytest
+from torch_reference import timm_cream
 
 from cream_tf import zoo
-from cream_tf.arch import CHOICES, Arch, block_specs, make_divisible
+from cream_tf.arch import CHOICES, Arch, SearchSpace, block_specs, make_divisible
 
 
 def test_canonical_string_round_trips_every_field():
@@ -65,8 +66,35 @@ def test_small_inputs_need_stride_one_stem():
     assert block_specs(arch)[-1].out_size == 2
 
 
-def test_choice_table_is_the_papers():
-    assert CHOICES == ((3, 4), (3, 6), (5, 4), (5, 6), (7, 4), (7, 6))
+@pytest.mark.parametrize("choice", range(6))
+def test_each_choice_decodes_to_the_kernel_and_expansion_timm_builds(choice):
+    """Choice index -> (kernel, expansion) is checked against what timm builds from the block strings
+    of tests/torch_reference.py (written from the paper's table, not from CHOICES), at every
+    position of a search space, first (stride 2) and later (stride 1) blocks of a stage alike."""
+    space = SearchSpace.create((2, 1, 1, 1, 2))
+    arch = space.arch([choice] * len(space.positions))
+    reference = timm_cream(arch.choices)
+    blocks = [spec for spec in block_specs(arch) if spec.kind == "ir"]
+    assert [(spec.stage, spec.index) for spec in blocks] == space.positions
+    # The supernet's per-position table decodes the same blocks.
+    assert [row[choice] for row in space.choice_specs()] == blocks
+    for spec in blocks:
+        theirs = reference.blocks[spec.stage][spec.index]
+        kernel = theirs.conv_dw.kernel_size[0]
+        expansion = theirs.conv_pw.out_channels / theirs.conv_pw.in_channels
+        assert spec.choice == choice
+        assert CHOICES[choice] == (kernel, expansion), spec.name
+        assert (spec.kernel, spec.kernel) == theirs.conv_dw.kernel_size, spec.name
+        assert spec.stride == theirs.conv_dw.stride[0], spec.name
+        # Every stage width times 4 or 6 is a multiple of 8, so the expanded width is exact.
+        assert spec.mid_channels == spec.in_channels * expansion, spec.name
+        assert (spec.in_channels, spec.mid_channels, spec.out_channels, spec.se_channels) == (
+            theirs.conv_pw.in_channels, theirs.conv_pw.out_channels, theirs.conv_pwl.out_channels,
+            theirs.se.conv_reduce.out_channels), spec.name
+
+
+def test_choices_are_six_distinct_kernel_expansion_pairs():
+    assert len(CHOICES) == 6 and len(set(CHOICES)) == 6
 
 
 def test_unknown_json_field_is_named():

@@ -5,6 +5,7 @@ checked is that every expected row is there and every measured number is a posit
 figure, so a script that silently measures nothing or divides by zero fails here.
 """
 
+import functools
 import math
 import re
 import subprocess
@@ -14,11 +15,21 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# Every benchmark script; files named _*.py are helper modules the scripts import.
+SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
+HELPERS = sorted(p.name for p in BENCHMARKS.glob("_*.py"))
+
+
+@functools.cache
+def _smoke_run(script: str) -> subprocess.CompletedProcess:
+    # One run per script per session, however many tests read it (and also when it fails).
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], cwd=BENCHMARKS.parent,
+                          capture_output=True, text=True, timeout=600)
 
 
 def run_smoke(script: str) -> str:
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], cwd=BENCHMARKS.parent,
-                          capture_output=True, text=True, timeout=600)
+    """The script's --smoke output, after checking that it succeeded."""
+    done = _smoke_run(script)
     assert done.returncode == 0, f"{script} --smoke failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -30,8 +41,10 @@ def tables(output: str) -> list[list[dict[str, str]]]:
         if line.startswith("|"):
             block.append([cell.strip() for cell in line.strip().strip("|").split("|")])
         elif block:
+            assert len(block) >= 2, f"a table without its rule line: {block}"
             header, rule, *rows = block
-            assert set("".join(rule)) <= set("-:"), f"not a Markdown table: {block}"
+            assert set("".join(rule)) <= set("-:") and len(rule) == len(header), f"not a Markdown table: {block}"
+            assert all(header) and len(set(header)) == len(header), f"empty or repeated column names: {header}"
             assert all(len(row) == len(header) for row in rows), f"ragged table: {block}"
             found.append([dict(zip(header, row)) for row in rows])
             block = []
@@ -42,6 +55,12 @@ def positive(cell: str) -> float:
     value = float(cell.rstrip("x%"))
     assert math.isfinite(value) and value > 0, f"not a positive finite figure: {cell!r}"
     return value
+
+
+def ratio(cell: str) -> float:
+    """A ratio cell such as '1.23x'."""
+    assert re.fullmatch(r"\d+\.\d+x", cell), f"not a ratio like '1.23x': {cell!r}"
+    return positive(cell)
 
 
 def table_with(output: str, column: str) -> list[dict[str, str]]:
@@ -98,6 +117,45 @@ def test_hardware_peak_smoke():
         assert positive(row["int8 peak (G multiply-adds/s)"]) >= positive(row["float32 peak (G multiply-adds/s)"])
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_")))
-def test_run_all_runs_every_script(script):
-    assert script in (BENCHMARKS / "run_all.sh").read_text(), f"benchmarks/run_all.sh does not run {script}"
+# Columns that hold a measured ratio; their cells must read like '1.23x' in every script's tables.
+RATIO_COLUMNS = ("ratio to plain", "ours / PyTorch", "speed vs ONNX Runtime", "speed-up")
+# Columns of text (names, targets) rather than figures.
+TEXT_COLUMNS = ("step", "net", "input", "runtime", "comparison", "target")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_smoke_output_tables_are_well_formed(script):
+    """Any script, also one added later: its smoke run prints tables with a header, data rows, and
+    figures that are positive finite numbers (ratios as '1.23x')."""
+    found = tables(run_smoke(script))
+    assert found, f"{script} --smoke printed no Markdown table"
+    for rows in found:
+        assert rows, f"{script} printed a table with a header and no data rows"
+        for row in rows:
+            for column, cell in row.items():
+                if column in RATIO_COLUMNS:
+                    ratio(cell)
+                elif column == "target":
+                    assert cell == "" or re.fullmatch(r"[<>]= \d+(\.\d+)?x", cell), (script, row)
+                elif column not in TEXT_COLUMNS:
+                    positive(cell)
+
+
+def run_all_scripts() -> list[str]:
+    """The scripts benchmarks/run_all.sh runs: its `run <script>.py ...` command lines."""
+    lines = (BENCHMARKS / "run_all.sh").read_text().splitlines()
+    return [match.group(1) for line in lines if (match := re.match(r"run\s+(\S+\.py)\b", line))]
+
+
+def test_run_all_runs_every_script_once():
+    assert SCRIPTS, "no benchmark scripts found"
+    run = run_all_scripts()
+    assert sorted(run) == SCRIPTS, (f"benchmarks/run_all.sh runs {sorted(run)}; the benchmark scripts are "
+                                    f"{SCRIPTS}: add a `run <script>.py` line for each one")
+
+
+def test_helper_modules_are_not_scripts():
+    """A runnable script named _*.py would escape run_all.sh and the smoke runs above."""
+    assert "_common.py" in HELPERS
+    for helper in HELPERS:
+        assert "__main__" not in (BENCHMARKS / helper).read_text(), f"{helper} is a script; drop the underscore"

@@ -3,12 +3,12 @@
 import keras
 import numpy as np
 import pytest
+from torch_reference import logits, numpy_state_dict, randomize_bn, timm_cream
 
 from cream_tf import zoo
 from cream_tf.arch import Arch
 from cream_tf.childnet import build_child, drop_path_rates
 from cream_tf.convert import load_state_dict
-from torch_reference import logits, numpy_state_dict, randomize_bn, timm_cream
 
 
 def _assert_matches_timm(arch, reference):
@@ -48,9 +48,9 @@ def test_drop_path_grows_linearly_and_acts_only_in_training():
     rates = drop_path_rates(arch)
     assert rates[0] == 0 and rates == sorted(rates) and max(rates) < 0.3
     model = build_child(arch)
-    drops = [l for l in model.layers if l.name.endswith("_drop_path")]
+    drops = [layer for layer in model.layers if layer.name.endswith("_drop_path")]
     # Residual blocks only: the ds block (rate 0 is skipped) and the second block of each 2-block stage.
-    assert {l.name for l in drops} == {"blocks_2_1_drop_path", "blocks_3_1_drop_path"}
+    assert {layer.name for layer in drops} == {"blocks_2_1_drop_path", "blocks_3_1_drop_path"}
     images = np.random.default_rng(1).normal(size=(4, 64, 64, 3)).astype("float32")
     inference = [model(images, training=False).numpy() for _ in range(2)]
     np.testing.assert_array_equal(inference[0], inference[1])

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import torch
+from torch_reference import logits, randomize_bn, timm_cream
 
 from cream_tf import convert, zoo
-from torch_reference import logits, randomize_bn, timm_cream
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4

@@ -12,11 +12,12 @@ import tensorflow as tf
 
 from cream_tf import data
 from cream_tf.config import DataConfig
+from cream_tf.data import augment, sources
 
 
 def fashion_mnist_installed():
     try:
-        return bool(data._fashion_mnist_dir(DataConfig()))
+        return bool(sources.fashion_mnist_dir(DataConfig()))
     except FileNotFoundError:
         return False
 
@@ -137,7 +138,7 @@ def test_augmentation_runs_only_when_training(tmp_path):
 def test_normalization_matches_numpy():
     config = DataConfig()
     images, labels = next(iter(data.load(config, "test", training=False, batch_size=1000)))
-    raw = data._read_idx(str(data._fashion_mnist_dir(config)), "t10k-images-idx3-ubyte.gz")[:1000]
+    raw = sources.read_idx(str(sources.fashion_mnist_dir(config)), "t10k-images-idx3-ubyte.gz")[:1000]
     expected = (raw[..., None] / 255.0 - 0.2860) / 0.3530
     np.testing.assert_allclose(images.numpy(), expected, atol=1e-5)
     assert images.numpy().mean() == pytest.approx((raw.mean() / 255 - 0.2860) / 0.3530, abs=1e-4)
@@ -247,7 +248,7 @@ def test_class_folder_count_must_equal_num_classes(tmp_path):
 
 
 def test_missing_fashion_mnist_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", (str(tmp_path / "nowhere"),))
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIRS", (str(tmp_path / "nowhere"),))
     with pytest.raises(FileNotFoundError, match=r"sudo apt-get install dataset-fashion-mnist") as error:
         data.num_examples(DataConfig(data_dir=str(tmp_path)), "train")
     assert str(tmp_path) in str(error.value)
@@ -274,7 +275,7 @@ def test_bad_settings_name_the_value_and_what_is_valid(tmp_path):
 def test_randaugment_with_the_paper_settings_runs_in_a_tf_data_graph_and_changes_images(tmp_path):
     config = DataConfig(image_size=32, channels=3, randaugment_magnitude=9, randaugment_magnitude_std=0.5)
     image = tf.constant(noise_image(0)[:, :32].astype(np.float32))
-    augmented = tf.data.Dataset.from_tensors(image).repeat(32).map(data._randaugment(config).distort)
+    augmented = tf.data.Dataset.from_tensors(image).repeat(32).map(augment.randaugment(config).distort)
     changed = [bool(np.any(out.numpy() != image.numpy())) for out in augmented]
     assert sum(changed) >= 24
 
@@ -290,14 +291,29 @@ def test_integer_randaugment_ops_accept_tensor_arguments_in_graphs():
 
     @tf.function
     def ops(bits, threshold, addition):
-        return (data._posterize(pixels, bits), data._solarize(pixels, threshold),
-                data._solarize_add(pixels, addition, threshold))
+        return (augment.posterize(pixels, bits), augment.solarize(pixels, threshold),
+                augment.solarize_add(pixels, addition, threshold))
     posterized, solarized, added = ops(tf.constant(3), tf.constant(200), tf.constant(100))
     np.testing.assert_array_equal(posterized, numpy_pixels & 0b11100000)
     np.testing.assert_array_equal(solarized, np.where(numpy_pixels < 200, numpy_pixels, 255 - numpy_pixels))
     np.testing.assert_array_equal(added, np.where(numpy_pixels < 200, np.minimum(numpy_pixels + 100, 255),
                                                   numpy_pixels))
     assert posterized.dtype == tf.uint8 and solarized.dtype == tf.uint8 and added.dtype == tf.uint8
+
+
+def test_randaugment_leaves_model_gardens_op_table_alone(tmp_path):
+    from official.vision.ops import augment as augment_ops
+
+    originals = {"Posterize": augment_ops.posterize, "Solarize": augment_ops.solarize,
+                 "SolarizeAdd": augment_ops.solarize_add}
+    before = dict(augment_ops.NAME_TO_FUNC)
+    assert {name: before[name] for name in originals} == originals  # not replaced at import either
+    write_folder(tmp_path)
+    config = folder_config(tmp_path, augment="randaugment", randaugment_layers=1,
+                           randaugment_magnitude_std=0.5)
+    images, _ = everything(data.load(config, "train_full", training=True, seed=0))
+    assert np.isfinite(images).all()
+    assert before == augment_ops.NAME_TO_FUNC
 
 
 def test_random_erasing_runs_in_the_pipeline_on_grayscale(tmp_path):

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 from keras import layers
+from torch_reference import macs_and_params, timm_cream
 
 from cream_tf import zoo
 from cream_tf.arch import Arch
 from cream_tf.childnet import build_child
 from cream_tf.flops import choice_block_macs, cost_of, depths_for_flops_range
-from torch_reference import macs_and_params, timm_cream
 
 
 @pytest.mark.parametrize("name", zoo.names())
@@ -76,16 +76,59 @@ def test_depths_for_default_range_are_the_official_ones():
     assert depths_for_flops_range(0, 600) == (4, 4, 5, 4, 4)
 
 
-def test_depths_grow_in_official_order_and_respect_the_range():
-    assert depths_for_flops_range(0, 100) == (1, 1, 1, 1, 1)
-    small = depths_for_flops_range(0, 300)
-    assert all(1 <= d for d in small) and small != (4, 4, 5, 4, 4)
-    # The first stage to grow is the c80 stage, then c96, c192, c40, c24.
-    assert depths_for_flops_range(0, 220)[2] >= depths_for_flops_range(0, 220)[0]
-
-
 def _largest_mflops(depths):
+    """Choice-block MFLOPs of the largest net of these depths (every block choice 5, k7 e6)."""
     return choice_block_macs(Arch(tuple((5,) * d for d in depths))) / 1e6
+
+
+def _official_growth():
+    """Every depth tuple the official rule passes through, smallest first, written out from the
+    rule itself (shared/docs/cream-reference.md): one block per stage to start, then stages
+    (0-based: c24 c40 c80 c96 c192) grow one entry at a time in the order 2,3,4,1,0,2,3,4,1,0 up
+    to 3,3,3,2,2,4,4,4,4,4 entries; the c80 stage's fourth entry is `ir_r2` (two blocks)."""
+    entries, sequence = [1] * 5, [(1, 1, 1, 1, 1)]
+    for stage, limit in zip((2, 3, 4, 1, 0, 2, 3, 4, 1, 0), (3, 3, 3, 2, 2, 4, 4, 4, 4, 4)):
+        while entries[stage] < limit:
+            entries[stage] += 1
+            sequence.append(tuple(n + (n == 4 and i == 2) for i, n in enumerate(entries)))
+    return sequence
+
+
+def test_official_growth_sequence_is_the_documented_one():
+    sequence = _official_growth()
+    assert len(sequence) == 16 and sequence[-1] == (4, 4, 5, 4, 4)
+    assert sequence[:3] == [(1, 1, 1, 1, 1), (1, 1, 2, 1, 1), (1, 1, 3, 1, 1)]
+    assert (2, 2, 3, 3, 3) in sequence and (2, 2, 5, 3, 3) in sequence and (2, 2, 4, 3, 3) not in sequence
+
+
+def test_depths_grow_one_stage_at_a_time_in_the_official_order():
+    sequence = _official_growth()
+    costs = [_largest_mflops(depths) for depths in sequence]
+    assert all(a < b for a, b in zip(costs, costs[1:]))  # each step costs more: the bounds below are sound
+    # Any maximum between the cost of one step and the next stops the growth at that step.
+    for depths, cost, next_cost in zip(sequence, costs, costs[1:] + [costs[-1] * 4]):
+        for maximum in (cost, (cost + next_cost) / 2, next_cost * (1 - 1e-9)):
+            assert depths_for_flops_range(0, maximum) == depths, (maximum, cost, next_cost)
+    # Read back from the function alone: the stages grow first in the order c80, c96, c192, c40, c24.
+    returned = [depths_for_flops_range(0, (a + b) / 2) for a, b in zip(costs, costs[1:])]
+    first_growth = []
+    for before, after in zip(returned, returned[1:]):
+        grown = [i for i, (b, a) in enumerate(zip(before, after)) if a != b]
+        assert len(grown) == 1 and after[grown[0]] > before[grown[0]], (before, after)
+        if grown[0] not in first_growth:
+            first_growth.append(grown[0])
+    assert first_growth == [2, 3, 4, 1, 0]
+
+
+def test_depths_for_a_range_fit_the_maximum_and_the_next_step_would_not():
+    sequence = _official_growth()
+    # Below the one-block net's largest cost (114.9) the one-block net is still the answer:
+    # its smaller choices fit.
+    assert depths_for_flops_range(0, 100) == sequence[0]
+    for maximum in (220, 300, 450):
+        depths = depths_for_flops_range(0, maximum)
+        step = sequence.index(depths)
+        assert _largest_mflops(depths) <= maximum < _largest_mflops(sequence[step + 1]), (maximum, depths)
 
 
 def test_range_below_minimum_grows_until_it_is_reached():

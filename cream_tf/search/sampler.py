@@ -50,9 +50,6 @@ class PathSampler:
                          f"{self.max_tries} samples from prior {self.prior}; widen the range or "
                          "change the prior.")
 
-    def macs(self, path) -> int:
-        return self.table.macs(path)
-
     def state(self) -> dict:
         return self.rng.bit_generator.state
 

@@ -7,49 +7,14 @@ from __future__ import annotations
 
 import io
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cream_tf import atomic, data
-from cream_tf.blocks import FusedBatchNormalization
+from cream_tf import atomic, data, evaluate, folders
+from cream_tf.batchnorm import Recalibrator, batch_norms
 from cream_tf.export import write_entry
 from cream_tf.flops import cost_of
-
-
-def recalibrate_batchnorm(model: keras.Model, batches) -> None:
-    """Replaces every BatchNorm's moving statistics with their exact mean over `batches`.
-
-    Weights inherited from a supernet carry statistics accumulated over every path that
-    shared the block; a path's own statistics rank paths more faithfully.
-    """
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in norms]
-    try:
-        for i, (images, _) in enumerate(batches):
-            for layer in norms:
-                layer.momentum = i / (i + 1)  # cumulative mean: the first batch replaces, later ones average
-            model(images, training=True)
-    finally:
-        for layer, momentum in zip(norms, momenta):
-            layer.momentum = momentum
-
-
-def top1(model: keras.Model, dataset, max_batches: int = 0) -> float:
-    predict = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32))
-    return _top1(predict, dataset, max_batches)
-
-
-def _top1(predict, dataset, max_batches: int) -> float:
-    """Top-1 (%) of `predict` (images -> int32 classes) over `dataset`, or its first max_batches."""
-    correct = total = 0
-    for i, (images, labels) in enumerate(dataset):
-        if max_batches and i >= max_batches:
-            break
-        correct += int(tf.reduce_sum(tf.cast(tf.equal(predict(images), tf.cast(labels, tf.int32)), tf.int32)))
-        total += int(labels.shape[0])
-    return 100.0 * correct / max(total, 1)
 
 
 class PathEvaluator:
@@ -63,38 +28,19 @@ class PathEvaluator:
 
     def __init__(self, supernet, calibration: list):
         """calibration: training image batches to recompute statistics on; empty keeps them."""
-        self.supernet = supernet
         self.calibration = calibration
-        blocks = [supernet.stem, supernet.ds, *[b for row in supernet.choice_blocks for b in row], supernet.last,
-                  supernet.head]
-        self.norms = [layer for block in blocks for layer in block.parts if isinstance(layer, FusedBatchNormalization)]
-
-        @tf.function
-        def calibrate(images, path, keep):
-            momenta = [norm.momentum for norm in self.norms]
-            try:  # a tensor momentum, so one trace serves every batch's blending factor
-                for norm in self.norms:
-                    norm.momentum = keep
-                supernet(images, path, training=True)
-            finally:
-                for norm, momentum in zip(self.norms, momenta):
-                    norm.momentum = momentum
-
-        self._calibrate = calibrate
-        self._predict = tf.function(lambda images, path: tf.argmax(
-            supernet(images, path, training=False), axis=-1, output_type=tf.int32))
+        norms = batch_norms(layer for block in supernet.blocks for layer in block.parts)
+        self.recalibrator = Recalibrator(lambda images, path: supernet(images, path, training=True), norms)
+        self._predict = tf.function(lambda images, path: supernet(images, path, training=False))
 
     def recalibrate(self, path) -> None:
-        """Every BatchNorm's moving statistics become their exact mean over the calibration
-        batches: the first batch replaces them, later ones average in."""
-        path = tf.constant(path, tf.int32)
-        for i, images in enumerate(self.calibration):
-            self._calibrate(images, path, tf.constant(i / (i + 1), tf.float32))
+        """Every BatchNorm's moving statistics become their mean over the calibration batches."""
+        self.recalibrator.recalibrate(self.calibration, tf.constant(path, tf.int32))
 
     def top1(self, path, dataset, max_batches: int = 0) -> float:
         self.recalibrate(path)
         path = tf.constant(path, tf.int32)
-        return _top1(lambda images: self._predict(images, path), dataset, max_batches)
+        return evaluate.accuracy(lambda images: self._predict(images, path).numpy(), dataset, max_batches)["top1"]
 
 
 def select_and_export(search) -> dict:
@@ -128,7 +74,7 @@ def select_and_export(search) -> dict:
     for row, (child, arch) in zip(rows, models):
         row["winner"] = row["rank"] == best
         if config.selection.export:
-            folder = search.model_dir / "zoo" / f"board_{row['rank']:02d}"
+            folder = search.model_dir / folders.SEARCH_ZOO_DIR / f"board_{row['rank']:02d}"
             write_entry(child, arch, folder, overwrite=True,
                         weights_source=f"inherited from the supernet in {search.model_dir} (BatchNorm "
                                        f"{'recalibrated' if config.selection.recalibrate_bn else 'as trained'})",
@@ -164,4 +110,4 @@ def plot(search, rows, best) -> None:
     figure.tight_layout()
     figure.savefig(buffer, format="png")
     pyplot.close(figure)
-    atomic.write_bytes(search.model_dir / "search_plot.png", buffer.getvalue())
+    atomic.write_bytes(search.model_dir / folders.SEARCH_PLOT_FILE, buffer.getvalue())

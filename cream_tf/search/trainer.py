@@ -1,11 +1,12 @@
-"""The Cream training step, the meta network and its update, under any tf.distribute strategy.
+"""The Cream training step, the meta network and its update, as a Keras model trained by `fit`.
 
-`CreamTrainer.train_step` trains one sampled path on one batch: plain cross-entropy during
-warm-up (or with pick_method 'none'), then distillation from the board path the meta network
-picks, loss = (m * KD + (2 - m) * CE) / 2 with m the matching value of that teacher.
-`CreamTrainer.meta_step` updates the meta network with the closed-form meta gradient.
-Both are traced once and serve every path: the path, the learning rate and the board are
-tensors, never Python values.
+`CreamTrainer.train_step` (Keras' hook, driven by `model.fit`) trains one sampled path on one
+batch: plain cross-entropy during warm-up (or with pick_method 'none'), then distillation from
+the board path the meta network picks, loss = (m * KD + (2 - m) * CE) / 2 with m the matching
+value of that teacher. On the steps the host asks for it, the meta network is first updated
+with the closed-form meta gradient (`meta_step`). One traced graph serves every path and
+step: the path, the learning rate, the step's flags and the board are variables the host
+sets between steps (see cream_tf.search.run), never Python values.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cream_tf.optim import PathSGD, decays
 from cream_tf.search.board import PrioritizedBoard
-from cream_tf.search.optimizer import PathSGD, decays
 from cream_tf.supernet import Supernet
+from cream_tf.training import FitModel
 
 
 class MetaMatchingNetwork(keras.layers.Layer):
@@ -37,36 +39,54 @@ def soft_cross_entropy(target_probs, logits):
     return -tf.reduce_sum(target_probs * tf.nn.log_softmax(logits), axis=-1)
 
 
-class CreamTrainer:
-    """Holds the supernet, the meta network, their optimizers and the board's device copy."""
+class CreamTrainer(FitModel):
+    """The supernet, the meta network, their optimizers and the board's device copy; build it
+    inside the strategy's scope, then `compile()` and `fit`.
 
-    def __init__(self, supernet: Supernet, config, global_batch_size: int, strategy=None):
-        self.strategy = strategy or tf.distribute.get_strategy()
+    Before each step the host calls `set_step(path, lr, distill, meta)`; `train_step` returns
+    the step's global figures (loss, ce, kd, matching, correct, count, teacher, meta_*) and the
+    board candidate (the first `slice` images of the global batch and the path's softmax on them).
+    """
+
+    def __init__(self, supernet: Supernet, config, global_batch_size: int):
+        super().__init__(name="cream_trainer")
         self.supernet = supernet
         self.cream = config.cream
-        self.train = config.train
+        self.train_config = config.train
         self.global_batch_size = global_batch_size
         template = supernet.space.template
         self.num_classes = template.num_classes
         size, s = self.cream.board_size, self.cream.slice
         image_shape = (template.input_size, template.input_size, template.in_channels)
-        with self.strategy.scope():
-            self.meta = MetaMatchingNetwork(s, self.num_classes)
-            variables = supernet.trainable_variables
-            groups, self.owners = supernet.groups(variables)
-            self.optimizer = PathSGD(variables, groups, decays(variables), self.train.momentum,
-                                     self.train.nesterov, self.train.weight_decay, name="supernet_sgd")
-            self.meta_optimizer = PathSGD(self.meta.trainable_variables, [[0, 1]], [False, False],
-                                          self.cream.meta_momentum, nesterov=False, clip_norm=1.0,
-                                          name="meta_sgd")
-            # The board as the graph sees it; the host's PrioritizedBoard is the source of truth.
-            zeros = lambda shape, dtype="float32": keras.Variable(np.zeros(shape, dtype), trainable=False)  # noqa: E731
-            self.board_images = zeros((size, s, *image_shape))
-            self.board_probs = zeros((size, s, self.num_classes))
-            self.board_paths = zeros((size, supernet.num_positions), "int32")
-            self.board_count = zeros((), "int32")
-        self.train_step_fn = tf.function(self._distributed_train_step, jit_compile=self.train.jit_compile)
-        self.meta_step_fn = tf.function(self._distributed_meta_step)
+        self.meta = MetaMatchingNetwork(s, self.num_classes)
+        variables = supernet.trainable_variables
+        groups, self.owners = supernet.groups(variables)
+        self.path_optimizer = PathSGD(variables, groups, decays(variables), self.train_config.momentum,
+                                      self.train_config.nesterov, self.train_config.weight_decay, name="supernet_sgd")
+        self.meta_optimizer = PathSGD(self.meta.trainable_variables, [[0, 1]], [False, False],
+                                      self.cream.meta_momentum, nesterov=False, clip_norm=1.0, name="meta_sgd")
+
+        def state(shape, dtype="float32"):
+            return keras.Variable(np.zeros(shape, dtype), trainable=False)
+
+        # The board as the graph sees it; the host's PrioritizedBoard is the source of truth.
+        self.board_images = state((size, s, *image_shape))
+        self.board_probs = state((size, s, self.num_classes))
+        self.board_paths = state((size, supernet.num_positions), "int32")
+        self.board_count = state((), "int32")
+        # What the host decides for the next step.
+        self.step_path = state((supernet.num_positions,), "int32")
+        self.step_lr = state((), "float32")
+        self.step_distill = state((), "int32")  # 0/1 flags: int32 variables mirror on any device
+        self.step_meta = state((), "int32")
+        self.traces = 0  # how often train_step was traced; one graph must serve every step
+        self.built = True
+
+    def set_step(self, path, lr: float, distill: bool, meta: bool = False) -> None:
+        self.step_path.assign(np.asarray(path, np.int32))
+        self.step_lr.assign(np.float32(lr))
+        self.step_distill.assign(int(bool(distill)))
+        self.step_meta.assign(int(bool(meta) and self.cream.pick_method == "meta"))
 
     # --- board ------------------------------------------------------------------------------
 
@@ -114,7 +134,17 @@ class CreamTrainer:
 
     # --- the training step ------------------------------------------------------------------
 
-    def train_step(self, images, labels, path, lr, distill):
+    def train_step(self, data):
+        """Keras' hook: the meta step when the host asked for it, then the distillation step."""
+        self.traces += 1
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        path, lr = self.step_path.value, self.step_lr.value
+        meta = {}
+        if self.cream.pick_method == "meta":  # on the weights before this step's update, as the official order
+            meta = self.meta_step(images, labels, path, lr, self.step_meta.value > 0)
+        return {**meta, **self.distill_step(images, labels, path, lr, self.step_distill.value > 0)}
+
+    def distill_step(self, images, labels, path, lr, distill):
         """One replica's part of a step. `distill` is a boolean tensor, so warm-up and
         distillation share one traced graph; the teacher is only run when it is true."""
         batch = tf.cast(self.global_batch_size, tf.float32)
@@ -132,16 +162,16 @@ class CreamTrainer:
         else:
             # m is a constant here: the meta network learns only from the meta step.
             index, m, teacher = tf.cond(distill, with_teacher, without_teacher)
-        variables = self.optimizer.variables
+        variables = self.path_optimizer.variables
         with tf.GradientTape() as tape:
             logits = self.supernet(images, path, training=True)
             ce = keras.losses.categorical_crossentropy(onehot, logits, from_logits=True,
-                                                       label_smoothing=self.train.label_smoothing)
+                                                       label_smoothing=self.train_config.label_smoothing)
             kd = tf.where(distill, soft_cross_entropy(teacher, logits), 0.0)
             per_example = tf.where(distill, (m * kd + (2.0 - m) * ce) / 2.0, ce)
             loss = tf.reduce_sum(per_example) / batch  # global-batch mean once summed over replicas
         grads = tape.gradient(loss, variables)
-        self.optimizer.apply(grads, self.supernet.used(path, self.owners), lr)
+        self.path_optimizer.apply(grads, self.supernet.used(path, self.owners), lr)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
                                                  tf.cast(labels, tf.int32)), tf.float32))
         s = self.cream.slice
@@ -152,22 +182,10 @@ class CreamTrainer:
             sample_images = context.all_gather(sample_images, axis=0)[:s]
             sample_probs = context.all_gather(sample_probs, axis=0)[:s]
         count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return {"loss": loss, "ce": tf.reduce_sum(ce) / batch, "kd": tf.reduce_sum(kd) / batch,
-                "matching": m * count / batch, "correct": correct, "count": count,
-                "teacher": index, "images": sample_images, "probs": sample_probs}
-
-    def _distributed_train_step(self, images, labels, path, lr, distill):
-        outputs = self.strategy.run(self.train_step, args=(images, labels, path, lr, distill))
-        return self._reduce(outputs)
-
-    def _reduce(self, outputs):
-        reduced = {}
-        for key, value in outputs.items():
-            if key in ("images", "probs", "teacher"):
-                reduced[key] = self.strategy.experimental_local_results(value)[0]
-            else:
-                reduced[key] = self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-        return reduced
+        # Every replica returns the global figures (Keras averages what replicas return).
+        figures = _global_sums({"loss": loss, "ce": tf.reduce_sum(ce) / batch, "kd": tf.reduce_sum(kd) / batch,
+                                "matching": m * count / batch, "correct": correct, "count": count})
+        return {**figures, "teacher": index, "images": sample_images, "probs": sample_probs}
 
     # --- the meta step ----------------------------------------------------------------------
 
@@ -184,7 +202,7 @@ class CreamTrainer:
         scores, features = self.score_board(path)
         index = tf.argmax(scores, output_type=tf.int32)
         teacher = self.teacher_probs(x1, self.board_paths[index])
-        variables = self.optimizer.variables
+        variables = self.path_optimizer.variables
         with keras.StatelessScope():  # the meta step's forwards leave BatchNorm statistics alone
             with tf.GradientTape() as tape:
                 kd = tf.reduce_mean(soft_cross_entropy(teacher, self.supernet(x1, path, training=True)))
@@ -203,35 +221,30 @@ class CreamTrainer:
         and its gradient with respect to those values."""
         with tf.GradientTape() as tape:
             tape.watch(values)
-            with keras.StatelessScope(state_mapping=list(zip(self.optimizer.variables, values))):
+            with keras.StatelessScope(state_mapping=list(zip(self.path_optimizer.variables, values))):
                 logits = self.supernet(images, path, training=True)
             loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
         return loss, tape.gradient(loss, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-    def meta_step(self, images, labels, path, lr, meta_lr):
-        grads, index, m, val_loss = self.meta_gradient(images, labels, path, lr)
+    def meta_step(self, images, labels, path, lr, run):
+        """Updates the meta network when `run` (a boolean tensor) holds; one graph either way."""
+        def compute():
+            grads, _, m, val_loss = self.meta_gradient(images, labels, path, lr)
+            return grads, m, val_loss
+
+        def skip():
+            return [tf.zeros_like(v) for v in self.meta.trainable_variables], tf.constant(0.0), tf.constant(0.0)
+
+        grads, m, val_loss = tf.cond(run, compute, skip)
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         grads = [g / replicas for g in grads]  # PathSGD sums over replicas: average them
-        self.meta_optimizer.apply(grads, [True], meta_lr)
-        return {"meta_val_loss": val_loss / replicas, "meta_matching": m / replicas}
-
-    def _distributed_meta_step(self, images, labels, path, lr, meta_lr):
-        outputs = self.strategy.run(self.meta_step, args=(images, labels, path, lr, meta_lr))
-        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in outputs.items()}
-
-    # --- checkpointing ----------------------------------------------------------------------
-
-    def checkpoint_objects(self) -> dict:
-        # Keras 3 models do not hand their weights to tf.train.Checkpoint's object graph, so the
-        # variables are listed explicitly (in creation order, the same in every run).
-        return {"supernet": _Slots(self.supernet.weights), "meta": _Slots(self.meta.weights),
-                "optimizer": _Slots(self.optimizer.slots), "meta_optimizer": _Slots(self.meta_optimizer.slots),
-                "board": _Slots([self.board_images, self.board_probs, self.board_paths, self.board_count])}
+        self.meta_optimizer.apply(grads, [run], self.cream.meta_lr)
+        return _global_sums({"meta_val_loss": val_loss / replicas, "meta_matching": m / replicas})
 
 
-class _Slots(tf.Module):
-    """Makes a list of variables one checkpointable object."""
-
-    def __init__(self, variables):
-        super().__init__()
-        self.variables_list = list(variables)
+def _global_sums(values: dict) -> dict:
+    """Sums per-replica partial figures over the replicas, in the replica context."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return values
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)

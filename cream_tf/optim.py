@@ -1,13 +1,19 @@
-"""SGD that updates only the variables the trained path used.
+"""Optimizers and learning-rate schedules of the search and the retrain.
 
-With one graph for every path, the gradient of a block the path skipped is zero rather than
-absent; a stock optimizer would still move it (momentum, weight decay). PyTorch, where the
-official code runs, skips parameters without a gradient. This optimizer does the same: the
-variables are split into groups (one per candidate block, plus the shared parts) and each
-group's update runs under one condition saying whether the path used it.
+`PathSGD` (the search) is SGD that updates only the variables the trained path used. With one
+graph for every path, the gradient of a block the path skipped is zero rather than absent; a
+stock optimizer would still move it (momentum, weight decay). PyTorch, where the official code
+runs, skips parameters without a gradient. This optimizer does the same: the variables are
+split into groups (one per candidate block, plus the shared parts) and each group's update runs
+under one condition saying whether the path used it.
+
+`TFRMSprop` and `RecipeSchedule` are the retrain's (the paper's recipe); `linear_decay` is the
+search's schedule.
 """
 
 from __future__ import annotations
+
+import math
 
 import keras
 import numpy as np
@@ -96,3 +102,55 @@ class PathSGD:
 def decays(variables) -> list[bool]:
     """Weight decay on conv and dense kernels only, not on BatchNorm parameters or biases."""
     return [len(v.shape) > 1 for v in variables]
+
+
+def linear_decay(lr: float, warmup_steps: int, total_steps: int, step: int) -> float:
+    """The search's schedule: linear warm-up (optional) to lr, then linear decay to zero at the
+    last step. Computed on the host in float64, so every step's rate is one exact constant."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    return lr * max(0.0, 1.0 - (step - warmup_steps) / max(1, total_steps - warmup_steps))
+
+
+class TFRMSprop(keras.optimizers.RMSprop):
+    """RMSprop as TF1's RMSPropOptimizer and timm's RMSpropTF (what the paper trained with).
+
+    Keras 3's update already has their form, checked in keras/src/optimizers/rmsprop.py:
+    ms = rho * ms + (1 - rho) * g^2, mom = momentum * mom + lr * g / sqrt(ms + epsilon),
+    w -= mom. Epsilon sits INSIDE the square root, as in TF1 and RMSpropTF (PyTorch's own
+    RMSprop is the one that adds it outside), and the learning rate inside the momentum. What
+    differs is the start: Keras starts the mean square at zero, TF1 and timm at one. From zero,
+    the first update is lr * g / sqrt(0.1 g^2 + 1e-3), about 3.2 lr per weight whatever the
+    gradient's size; from one it is about lr * g.
+    """
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        for velocity in self._velocities:
+            velocity.assign(tf.ones(velocity.shape, velocity.dtype))
+
+
+class RecipeSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to the peak, then step decay (counted from step 0, as timm) or a cosine."""
+
+    def __init__(self, recipe, batch_size: int, steps_per_epoch: int):
+        self.peak = recipe.lr * batch_size / recipe.lr_batch_size
+        self.warmup_lr = recipe.warmup_lr
+        self.warmup_steps = recipe.warmup_epochs * steps_per_epoch
+        self.total_steps = recipe.epochs * steps_per_epoch
+        self.decay_steps = recipe.decay_epochs * steps_per_epoch
+        self.decay_rate = recipe.decay_rate
+        self.kind = recipe.lr_schedule
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warming = self.warmup_lr + (self.peak - self.warmup_lr) * step / max(self.warmup_steps, 1.0)
+        if self.kind == "step":
+            after = self.peak * self.decay_rate ** tf.floor(step / self.decay_steps)
+        else:
+            progress = tf.clip_by_value((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1.0),
+                                        0.0, 1.0)
+            after = 0.5 * self.peak * (1.0 + tf.cos(math.pi * progress))
+        return tf.where(step < self.warmup_steps, warming, after)

@@ -1,0 +1,33 @@
+"""Which tf.distribute strategy a run uses, which worker writes results, and what the
+replicas demand of the batch."""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+
+def make_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy when TF_CONFIG names a cluster, else MirroredStrategy over
+    the local GPUs (or the CPU when there is none)."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MirroredStrategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this worker writes results: the chief, or worker 0 of a cluster without one."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster or resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
+
+
+def check_batch(batch_size: int, strategy: tf.distribute.Strategy) -> None:
+    """The global batch must split evenly over the replicas (each gets batch / replicas)."""
+    replicas = strategy.num_replicas_in_sync
+    if batch_size < 1 or batch_size % replicas:
+        raise ValueError(f"data.batch_size={batch_size} does not split evenly over {replicas} replicas; "
+                         "valid are positive multiples of the replica count.")
