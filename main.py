@@ -21,37 +21,60 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 MODES = ("search", "describe", "export", "convert", "retrain", "eval")
-DEFAULT_SEARCH_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "search",
-                                     "fashion_mnist.yaml")
-DEFAULT_RETRAIN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "retrain",
-                                      "fashion_mnist.yaml")
+DEFAULT_SEARCH_CONFIG = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "configs", "search", "fashion_mnist.yaml"
+)
+DEFAULT_RETRAIN_CONFIG = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "configs", "retrain", "fashion_mnist.yaml"
+)
 DEFAULT_RETRAIN_DIR = "runs/retrain"
 
 flags.DEFINE_enum("mode", None, MODES, "What to do.")
-flags.DEFINE_string("config_file", None, "search/retrain/eval/export: a YAML config (default: configs/search/"
-                    "fashion_mnist.yaml, configs/retrain/fashion_mnist.yaml for retrain and eval; export reads data "
-                    "from it only when given).")
-flags.DEFINE_string("params_override", "", "search/retrain/eval/export: overrides, e.g. "
-                    "'train.epochs=2,data.batch_size=64' or YAML.")
-flags.DEFINE_string("model_dir", "runs/search", "search/retrain: where checkpoints, logs and results go; a "
-                    "checkpoint there is resumed (retrain and eval default to runs/retrain).")
+flags.DEFINE_string(
+    "config_file",
+    None,
+    "search/retrain/eval/export: a YAML config (default: configs/search/"
+    "fashion_mnist.yaml, configs/retrain/fashion_mnist.yaml for retrain and eval; export reads data "
+    "from it only when given).",
+)
+flags.DEFINE_string(
+    "params_override", "", "search/retrain/eval/export: overrides, e.g. 'train.epochs=2,data.batch_size=64' or YAML."
+)
+flags.DEFINE_string(
+    "model_dir",
+    "runs/search",
+    "search/retrain: where checkpoints, logs and results go; a "
+    "checkpoint there is resumed (retrain and eval default to runs/retrain).",
+)
 flags.DEFINE_string("zoo", None, "A zoo model name, e.g. cream_287.")
 flags.DEFINE_string("arch", None, "An architecture string, e.g. '[3][3,3][3,1,3][3,3,3,3][3,3,3]@224'.")
 flags.DEFINE_integer("num_classes", None, "Classifier width (default: the architecture's own, 1000 for the zoo).")
-flags.DEFINE_integer("in_channels", None,
-                     "Input channels: 3 for RGB, 1 for grayscale (default: the architecture's own).")
-flags.DEFINE_string("weights", None, "export/retrain: a .keras file or entry folder to take weights from "
-                    "(default: fresh).")
-flags.DEFINE_string("output_dir", None, "export: the entry folder to write; retrain: where its entry goes "
-                    "(default: MODEL_DIR/entry).")
+flags.DEFINE_integer(
+    "in_channels", None, "Input channels: 3 for RGB, 1 for grayscale (default: the architecture's own)."
+)
+flags.DEFINE_string(
+    "weights", None, "export/retrain: a .keras file or entry folder to take weights from (default: fresh)."
+)
+flags.DEFINE_string(
+    "output_dir", None, "export: the entry folder to write; retrain: where its entry goes (default: MODEL_DIR/entry)."
+)
 flags.DEFINE_bool("overwrite", False, "export/retrain: replace an existing output folder.")
-flags.DEFINE_string("checkpoint", None, "convert: an official PyTorch checkpoint (.pth.tar) to convert; "
-                    "--output_dir and --overwrite as for export.")
-flags.DEFINE_bool("use_ema", True, "convert: take the checkpoint's EMA weights (state_dict_ema) when it has "
-                  "them; --nouse_ema takes state_dict.")
+flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "convert: an official PyTorch checkpoint (.pth.tar) to convert; --output_dir and --overwrite as for export.",
+)
+flags.DEFINE_bool(
+    "use_ema",
+    True,
+    "convert: take the checkpoint's EMA weights (state_dict_ema) when it has them; --nouse_ema takes state_dict.",
+)
 flags.DEFINE_string("search_result", None, "retrain: a search_result.json whose winner to retrain (or --zoo, --arch).")
-flags.DEFINE_string("model", None, "eval: a .keras or .tflite file, a zoo entry folder, or a retrain model_dir or "
-                    "checkpoint (default: --model_dir).")
+flags.DEFINE_string(
+    "model",
+    None,
+    "eval: a .keras or .tflite file, a zoo entry folder, or a retrain model_dir or checkpoint (default: --model_dir).",
+)
 flags.DEFINE_string("split", "test", "eval: the split to measure (test, validation, train, train_full).")
 flags.DEFINE_integer("eval_batches", 0, "eval: batches of data.batch_size to measure; 0 = the whole split.")
 FLAGS = flags.FLAGS
@@ -62,11 +85,11 @@ def _arch_from_flags():
     from cream_tf.arch import Arch
 
     if bool(FLAGS.zoo) == bool(FLAGS.arch):
-        raise app.UsageError("Give exactly one of --zoo=NAME or --arch=STRING "
-                             f"(zoo names: {', '.join(zoo.names())}).")
+        raise app.UsageError(f"Give exactly one of --zoo=NAME or --arch=STRING (zoo names: {', '.join(zoo.names())}).")
     arch = zoo.arch_of(FLAGS.zoo) if FLAGS.zoo else Arch.parse(FLAGS.arch)
-    overrides = {k: v for k, v in (("num_classes", FLAGS.num_classes), ("in_channels", FLAGS.in_channels))
-                 if v is not None}
+    overrides = {
+        k: v for k, v in (("num_classes", FLAGS.num_classes), ("in_channels", FLAGS.in_channels)) if v is not None
+    }
     return arch.replace(**overrides)
 
 
@@ -77,8 +100,9 @@ def describe(arch) -> str:
     lines = [f"architecture: {arch}"]
     if FLAGS.zoo:
         published = zoo.entry(FLAGS.zoo)
-        lines.insert(0, f"zoo model:    {FLAGS.zoo} (paper, ImageNet: top-1 {published['top1']}, "
-                        f"top-5 {published['top5']})")
+        lines.insert(
+            0, f"zoo model:    {FLAGS.zoo} (paper, ImageNet: top-1 {published['top1']}, top-5 {published['top5']})"
+        )
     lines.append(f"depths:       {list(arch.depths)}")
     return "\n".join(lines + ["", cost_of(arch).table()])
 
@@ -103,10 +127,16 @@ def export(arch) -> str:
         data_config, export_config = config.data, config.export
         preprocessing = data.preprocessing_metadata(data_config)
     path = exporter.write_entry(
-        model, arch, FLAGS.output_dir,
+        model,
+        arch,
+        FLAGS.output_dir,
         weights_source=FLAGS.weights or "random initialization (no weights given)",
-        preprocessing=preprocessing, extra_metadata=extra, overwrite=FLAGS.overwrite,
-        data_config=data_config, export_config=export_config)
+        preprocessing=preprocessing,
+        extra_metadata=extra,
+        overwrite=FLAGS.overwrite,
+        data_config=data_config,
+        export_config=export_config,
+    )
     message = f"wrote zoo entry {path} ({', '.join(sorted(p.name for p in path.iterdir()))})"
     if data_config is not None:
         message += "\n" + _format_accuracy(json.loads((path / exporter.METADATA_FILE).read_text())["accuracy"])
@@ -126,9 +156,15 @@ def convert(arch) -> str:
     if FLAGS.zoo:
         extra.update(zoo_name=FLAGS.zoo, paper_accuracy=zoo.entry(FLAGS.zoo))
     # The official training code normalizes with the ImageNet statistics whatever the architecture.
-    path = exporter.write_entry(model, arch, FLAGS.output_dir, weights_source=checkpoint.description,
-                                preprocessing=zoo.IMAGENET_PREPROCESSING, extra_metadata=extra,
-                                overwrite=FLAGS.overwrite)
+    path = exporter.write_entry(
+        model,
+        arch,
+        FLAGS.output_dir,
+        weights_source=checkpoint.description,
+        preprocessing=zoo.IMAGENET_PREPROCESSING,
+        extra_metadata=extra,
+        overwrite=FLAGS.overwrite,
+    )
     return f"wrote zoo entry {path} from {checkpoint.description}"
 
 
@@ -136,17 +172,18 @@ def search() -> str:
     from cream_tf import config as config_lib
     from cream_tf.search.run import Search
 
-    config = config_lib.load(config_lib.SearchConfig, FLAGS.config_file or DEFAULT_SEARCH_CONFIG,
-                             FLAGS.params_override)
+    config = config_lib.load(config_lib.SearchConfig, FLAGS.config_file or DEFAULT_SEARCH_CONFIG, FLAGS.params_override)
     result = Search(config, FLAGS.model_dir).run()
     if result is None:
         return "worker finished"
     winner = result["winner"]
     if winner is None:
         return f"search finished without a board (see {FLAGS.model_dir}/search_result.json)"
-    return (f"selected {winner['arch']}: {winner['mflops']} MFLOPs, held-out top-1 {winner['val_top1']}%, "
-            f"test top-1 {winner['test_top1']}% -> {winner.get('entry')}\n"
-            f"results: {FLAGS.model_dir}/search_result.json, TensorBoard: {FLAGS.model_dir}/tensorboard")
+    return (
+        f"selected {winner['arch']}: {winner['mflops']} MFLOPs, held-out top-1 {winner['val_top1']}%, "
+        f"test top-1 {winner['test_top1']}% -> {winner.get('entry')}\n"
+        f"results: {FLAGS.model_dir}/search_result.json, TensorBoard: {FLAGS.model_dir}/tensorboard"
+    )
 
 
 def _retrain_config(config_file):
@@ -161,8 +198,10 @@ def _retrain_dir() -> str:
 
 def _format_accuracy(accuracy: dict) -> str:
     lines = [f"{accuracy['split']} split, {accuracy['images']} images:"]
-    lines += [f"  {name:15s} top-1 {accuracy['top1'][name]:.2f}%  top-5 {accuracy['top5'][name]:.2f}%"
-              for name in accuracy["top1"]]
+    lines += [
+        f"  {name:15s} top-1 {accuracy['top1'][name]:.2f}%  top-5 {accuracy['top5'][name]:.2f}%"
+        for name in accuracy["top1"]
+    ]
     return "\n".join(lines)
 
 
@@ -170,16 +209,25 @@ def retrain() -> str:
     from cream_tf import retrain as retrainer
 
     model_dir = _retrain_dir()
-    arch = retrainer.arch_from(search_result=FLAGS.search_result, zoo_name=FLAGS.zoo, arch=FLAGS.arch,
-                               model_dir=model_dir)
-    result = retrainer.Retrainer(_retrain_config(FLAGS.config_file), arch, model_dir, weights=FLAGS.weights,
-                                 output_dir=FLAGS.output_dir, overwrite=FLAGS.overwrite).run()
+    arch = retrainer.arch_from(
+        search_result=FLAGS.search_result, zoo_name=FLAGS.zoo, arch=FLAGS.arch, model_dir=model_dir
+    )
+    result = retrainer.Retrainer(
+        _retrain_config(FLAGS.config_file),
+        arch,
+        model_dir,
+        weights=FLAGS.weights,
+        output_dir=FLAGS.output_dir,
+        overwrite=FLAGS.overwrite,
+    ).run()
     if result is None:
         return "worker finished"
     where = f"entry: {result['entry']}\n" if result.get("entry") else ""
-    return (f"retrained {result['arch']} for {result['epochs']} epochs in {result['timing']['train_seconds']} s\n"
-            f"{where}{_format_accuracy(result['accuracy']) if 'images' in result['accuracy'] else result['accuracy']}\n"
-            f"results: {model_dir}/retrain_result.json, TensorBoard: {model_dir}/tensorboard")
+    return (
+        f"retrained {result['arch']} for {result['epochs']} epochs in {result['timing']['train_seconds']} s\n"
+        f"{where}{_format_accuracy(result['accuracy']) if 'images' in result['accuracy'] else result['accuracy']}\n"
+        f"results: {model_dir}/retrain_result.json, TensorBoard: {model_dir}/tensorboard"
+    )
 
 
 def evaluate() -> dict:
@@ -195,8 +243,10 @@ def evaluate() -> dict:
     if not config_file and (run_dir / "config.yaml").is_file():
         config_file = str(run_dir / "config.yaml")
     figures = evaluator.evaluate(target, _retrain_config(config_file).data, FLAGS.split, FLAGS.eval_batches)
-    print(f"{figures['source']} ({figures['format']}) on {figures['split']}, {figures['images']} images: "
-          f"top-1 {figures['top1']:.2f}%, top-5 {figures['top5']:.2f}%")
+    print(
+        f"{figures['source']} ({figures['format']}) on {figures['split']}, {figures['images']} images: "
+        f"top-1 {figures['top1']:.2f}%, top-5 {figures['top5']:.2f}%"
+    )
     return figures
 
 

@@ -16,6 +16,5 @@ setup(
     packages=find_packages(include=["cream_tf", "cream_tf.*"]),
     python_requires=">=3.11,<3.12",
     install_requires=pinned("requirements.txt"),
-    extras_require={"test": pinned("requirements-test.txt"),
-                    "torch": ["torch==2.14.1"]},
+    extras_require={"test": pinned("requirements-test.txt"), "torch": ["torch==2.14.1"]},
 )

@@ -22,8 +22,7 @@ def lscpu() -> dict[str, str]:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     except OSError:
         return {}
-    return {key.strip(): value.strip() for key, _, value in
-            (line.partition(":") for line in out.splitlines()) if value}
+    return {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in out.splitlines()) if value}
 
 
 def cpu_model() -> str:

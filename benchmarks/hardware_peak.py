@@ -80,15 +80,19 @@ class Peak:
 
     def derivation(self) -> str:
         core = self.units * self.ghz
-        return "\n".join([
-            f"Peak of {cpu_model()}: {self.cores} physical core(s) at {self.ghz:.2f} GHz ({self.clock_source}), "
-            f"{self.units} vector multiply-add units per core (assumed).",
-            f"- float32: {self.float32_isa}: {self.float32_per_instruction} multiply-adds per instruction; "
-            f"{self.float32_per_instruction} x {self.units} x {self.ghz:.2f} GHz = "
-            f"{self.float32_per_instruction * core:.1f} G multiply-adds/s per core",
-            f"- int8: {self.int8_isa}: {self.int8_per_instruction} multiply-adds per instruction; "
-            f"{self.int8_per_instruction} x {self.units} x {self.ghz:.2f} GHz = "
-            f"{self.int8_per_instruction * core:.1f} G multiply-adds/s per core"] + ([self.note] if self.note else []))
+        return "\n".join(
+            [
+                f"Peak of {cpu_model()}: {self.cores} physical core(s) at {self.ghz:.2f} GHz ({self.clock_source}), "
+                f"{self.units} vector multiply-add units per core (assumed).",
+                f"- float32: {self.float32_isa}: {self.float32_per_instruction} multiply-adds per instruction; "
+                f"{self.float32_per_instruction} x {self.units} x {self.ghz:.2f} GHz = "
+                f"{self.float32_per_instruction * core:.1f} G multiply-adds/s per core",
+                f"- int8: {self.int8_isa}: {self.int8_per_instruction} multiply-adds per instruction; "
+                f"{self.int8_per_instruction} x {self.units} x {self.ghz:.2f} GHz = "
+                f"{self.int8_per_instruction * core:.1f} G multiply-adds/s per core",
+            ]
+            + ([self.note] if self.note else [])
+        )
 
 
 def cpu_peak(units: int = ASSUMED_UNITS) -> Peak:
@@ -119,9 +123,12 @@ def main():
     args = parser.parse_args()
     peak = cpu_peak(args.units)
     print(peak.derivation() + "\n")
-    print(table(("cores", "float32 peak (G multiply-adds/s)", "int8 peak (G multiply-adds/s)"),
-                [(n, f"{peak.float32(n) / 1e9:.1f}", f"{peak.int8(n) / 1e9:.1f}")
-                 for n in range(1, peak.cores + 1)]))
+    print(
+        table(
+            ("cores", "float32 peak (G multiply-adds/s)", "int8 peak (G multiply-adds/s)"),
+            [(n, f"{peak.float32(n) / 1e9:.1f}", f"{peak.int8(n) / 1e9:.1f}") for n in range(1, peak.cores + 1)],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,12 @@ REPO = Path(__file__).resolve().parents[1]
 from _common import alternate, machine, speedup, table, use_cores  # noqa: E402
 from hardware_peak import cpu_peak  # noqa: E402
 
-RUNTIMES = {"keras": "Keras (tf.function)", "tflite_float32": "TFLite float32 (XNNPACK)",
-            "tflite_int8": "TFLite int8 (XNNPACK)", "onnxruntime": "ONNX Runtime float32 (timm export)"}
+RUNTIMES = {
+    "keras": "Keras (tf.function)",
+    "tflite_float32": "TFLite float32 (XNNPACK)",
+    "tflite_int8": "TFLite int8 (XNNPACK)",
+    "onnxruntime": "ONNX Runtime float32 (timm export)",
+}
 PACKAGES = ("tensorflow", "keras", "ai-edge-litert", "onnxruntime", "torch", "timm")
 
 
@@ -69,8 +73,15 @@ def prepare(folder: Path, input_size: int, calibration_images: int) -> int:
     (folder / "int8.tflite").write_bytes(export.to_tflite_int8(folder / "saved_model", calibration.astype("float32")))
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated; the dynamo one needs onnxscript
         warnings.simplefilter("ignore")
-        torch.onnx.export(reference, (torch.zeros(1, 3, input_size, input_size),), str(folder / "model.onnx"),
-                          dynamo=False, opset_version=17, input_names=["image"], output_names=["logits"])
+        torch.onnx.export(
+            reference,
+            (torch.zeros(1, 3, input_size, input_size),),
+            str(folder / "model.onnx"),
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["logits"],
+        )
     return flops_of(arch)
 
 
@@ -110,22 +121,35 @@ def worker(folder: Path, threads: int, rounds: int, repeats: int) -> dict:
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
     nchw = np.ascontiguousarray(image.transpose(0, 3, 1, 2))
-    sides = {"keras": lambda: keras_predict(image).numpy(),
-             "tflite_float32": tflite(folder / "float32.tflite"),
-             "tflite_int8": tflite(folder / "int8.tflite"),
-             "onnxruntime": lambda: session.run(None, {"image": nchw})[0]}
+    sides = {
+        "keras": lambda: keras_predict(image).numpy(),
+        "tflite_float32": tflite(folder / "float32.tflite"),
+        "tflite_int8": tflite(folder / "int8.tflite"),
+        "onnxruntime": lambda: session.run(None, {"image": nchw})[0],
+    }
     outputs = {name: run() for name, run in sides.items()}  # also traces and warms up
     for run in sides.values():
         for _ in range(2):
             run()
-    differences = {name: float(np.max(np.abs(outputs[name] - outputs["onnxruntime"])))
-                   for name in ("keras", "tflite_float32")}
+    differences = {
+        name: float(np.max(np.abs(outputs[name] - outputs["onnxruntime"]))) for name in ("keras", "tflite_float32")
+    }
     return {"times": alternate(sides, rounds, repeats), "max_logit_difference": differences}
 
 
 def run_worker(folder: Path, threads: int, rounds: int, repeats: int) -> dict:
-    command = [sys.executable, __file__, "--worker", str(folder), "--threads", str(threads),
-               "--rounds", str(rounds), "--repeats", str(repeats)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        str(folder),
+        "--threads",
+        str(threads),
+        "--rounds",
+        str(rounds),
+        "--repeats",
+        str(repeats),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"The {threads}-thread worker failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -133,28 +157,50 @@ def run_worker(folder: Path, threads: int, rounds: int, repeats: int) -> dict:
 
 
 def report(results: dict[int, dict], macs: int, input_size: int, rounds: int, repeats: int) -> None:
-    print(f"\nBatch-1 inference latency of cream_287 at {input_size}x{input_size} ({macs / 1e6:.1f} M multiply-adds); "
-          f"median of {rounds} rounds x {repeats} calls, runtimes alternating")
+    print(
+        f"\nBatch-1 inference latency of cream_287 at {input_size}x{input_size} ({macs / 1e6:.1f} M multiply-adds); "
+        f"median of {rounds} rounds x {repeats} calls, runtimes alternating"
+    )
     print(f"Machine: {machine(PACKAGES)}")
     for threads, result in results.items():
         diffs = result["max_logit_difference"]
-        print(f"Same outputs, {threads} thread(s): max |logit difference| to ONNX Runtime: "
-              + ", ".join(f"{RUNTIMES[name]} {value:.1e}" for name, value in diffs.items()))
+        print(
+            f"Same outputs, {threads} thread(s): max |logit difference| to ONNX Runtime: "
+            + ", ".join(f"{RUNTIMES[name]} {value:.1e}" for name, value in diffs.items())
+        )
     print()
     rows = []
     for threads, result in results.items():
         times = result["times"]
         for name, label in RUNTIMES.items():
-            rows.append((threads, label, f"{1000 * statistics.median(times[name]):.2f}",
-                         f"{speedup(times, name, 'onnxruntime'):.2f}x"))
+            rows.append(
+                (
+                    threads,
+                    label,
+                    f"{1000 * statistics.median(times[name]):.2f}",
+                    f"{speedup(times, name, 'onnxruntime'):.2f}x",
+                )
+            )
     print(table(("threads", "runtime", "latency (ms)", "speed vs ONNX Runtime"), rows) + "\n")
     rows = []
     for threads, result in results.items():
         times = result["times"]
-        rows.append(("TFLite float32 vs ONNX Runtime", threads,
-                     f"{speedup(times, 'tflite_float32', 'onnxruntime'):.2f}x", ">= 1.00x"))
-        rows.append(("TFLite int8 vs TFLite float32", threads,
-                     f"{speedup(times, 'tflite_int8', 'tflite_float32'):.2f}x", ">= 1.6x" if threads == 1 else ""))
+        rows.append(
+            (
+                "TFLite float32 vs ONNX Runtime",
+                threads,
+                f"{speedup(times, 'tflite_float32', 'onnxruntime'):.2f}x",
+                ">= 1.00x",
+            )
+        )
+        rows.append(
+            (
+                "TFLite int8 vs TFLite float32",
+                threads,
+                f"{speedup(times, 'tflite_int8', 'tflite_float32'):.2f}x",
+                ">= 1.6x" if threads == 1 else "",
+            )
+        )
     print(table(("comparison", "threads", "speed-up", "target"), rows) + "\n")
     peak = cpu_peak()
     print(peak.derivation() + "\n")
@@ -162,10 +208,18 @@ def report(results: dict[int, dict], macs: int, input_size: int, rounds: int, re
     for threads, result in results.items():
         for name, peak_of in (("tflite_float32", peak.float32), ("tflite_int8", peak.int8)):
             achieved = macs / statistics.median(result["times"][name])
-            rows.append((threads, RUNTIMES[name], f"{achieved / 1e9:.1f}", f"{peak_of(threads) / 1e9:.1f}",
-                         f"{100 * achieved / peak_of(threads):.1f}%"))
-    print(table(("threads", "runtime", "achieved (G multiply-adds/s)", "peak (G multiply-adds/s)", "share of peak"),
-                rows))
+            rows.append(
+                (
+                    threads,
+                    RUNTIMES[name],
+                    f"{achieved / 1e9:.1f}",
+                    f"{peak_of(threads) / 1e9:.1f}",
+                    f"{100 * achieved / peak_of(threads):.1f}%",
+                )
+            )
+    print(
+        table(("threads", "runtime", "achieved (G multiply-adds/s)", "peak (G multiply-adds/s)", "share of peak"), rows)
+    )
 
 
 def main():

@@ -39,8 +39,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def plain_child(model, label_smoothing):
     """A textbook Keras model: label-smoothed CE, SGD with Nesterov momentum, Keras' own train step."""
-    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
+    )
     return model
 
 
@@ -82,8 +84,15 @@ def main():
     board = PrioritizedBoard(config.cream.board_size, config.cream.accuracy_gap)
     for k in range(config.cream.board_size):  # a full board: scoring costs its most
         entry_path = rng.integers(0, 6, len(space.positions)).astype(np.int32)
-        board.offer(Entry(tuple(entry_path), 50.0 + k, k, images[:config.cream.slice],
-                          rng.dirichlet(np.ones(t.num_classes), config.cream.slice).astype("float32")))
+        board.offer(
+            Entry(
+                tuple(entry_path),
+                50.0 + k,
+                k,
+                images[: config.cream.slice],
+                rng.dirichlet(np.ones(t.num_classes), config.cream.slice).astype("float32"),
+            )
+        )
     trainer.load_board(board)
     plain = plain_child(supernet.extract_child(path), config.train.label_smoothing)
     onehot = np.eye(t.num_classes, dtype="float32")[labels]
@@ -95,6 +104,7 @@ def main():
             if driver == "keras":
                 return trainer.train_on_batch(images, labels, return_dict=True)
             return bare(images, labels)
+
         return run
 
     kinds = {
@@ -117,14 +127,19 @@ def main():
             wait(out)  # the last step has finished
             times[name].append((time.perf_counter() - start) / args.steps)
     base = statistics.median(times["plain child step"])
-    print(f"\nSupernet step cost, path {space.arch(list(path)).path} of space depths {list(space.depths)}, "
-          f"input {t.input_size}x{t.input_size}x{t.in_channels}, batch {batch}, board {config.cream.board_size} "
-          f"x {config.cream.slice} images; median of {args.rounds} rounds x {args.steps} steps")
+    print(
+        f"\nSupernet step cost, path {space.arch(list(path)).path} of space depths {list(space.depths)}, "
+        f"input {t.input_size}x{t.input_size}x{t.in_channels}, batch {batch}, board {config.cream.board_size} "
+        f"x {config.cream.slice} images; median of {args.rounds} rounds x {args.steps} steps"
+    )
     print(f"Machine: {machine()}\n")
     print("| step | ms/step | ratio to plain | target |")
     print("|---|---|---|---|")
-    targets = {"supernet, single path": "<= 1.15x", "supernet, distillation + meta scoring": "<= 1.6x",
-               "supernet, single path, bare tf.function": "(Keras' driver overhead: the single-path row over this)"}
+    targets = {
+        "supernet, single path": "<= 1.15x",
+        "supernet, distillation + meta scoring": "<= 1.6x",
+        "supernet, single path, bare tf.function": "(Keras' driver overhead: the single-path row over this)",
+    }
     for name in kinds:
         median = statistics.median(times[name])
         print(f"| {name} | {1000 * median:.1f} | {median / base:.2f}x | {targets.get(name, '')} |")

@@ -90,17 +90,22 @@ def measure(arch: Arch, batch: int, steps: int, rounds: int) -> dict:
     tf_images, tf_labels = tf.constant(images), tf.constant(labels, tf.int32)
     torch_images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     torch_labels = torch.from_numpy(labels.astype(np.int64))
-    sides = {"ours": lambda: float(ours(tf_images, tf_labels)),
-             "pytorch": lambda: float(theirs(torch_images, torch_labels).item())}
+    sides = {
+        "ours": lambda: float(ours(tf_images, tf_labels)),
+        "pytorch": lambda: float(theirs(torch_images, torch_labels).item()),
+    }
     start = time.perf_counter()
     for run in sides.values():  # trace and warm up outside the timing
         for _ in range(2):
             run()
     warmup = time.perf_counter() - start
     times = alternate(sides, rounds, steps)
-    return {"ours": batch / statistics.median(times["ours"]),
-            "pytorch": batch / statistics.median(times["pytorch"]),
-            "ratio": speedup(times, "ours", "pytorch"), "warmup": warmup}
+    return {
+        "ours": batch / statistics.median(times["ours"]),
+        "pytorch": batch / statistics.median(times["pytorch"]),
+        "ratio": speedup(times, "ours", "pytorch"),
+        "warmup": warmup,
+    }
 
 
 def main():
@@ -129,13 +134,23 @@ def main():
             arch = arch.replace(input_size=size)
         result = measure(arch, batch, args.steps, args.rounds)
         print(f"{name}: warm-up {result['warmup']:.1f} s (includes tracing)", flush=True)
-        rows.append((name, f"{arch.input_size}x{arch.input_size}x{arch.in_channels}", batch,
-                     f"{result['ours']:.1f}", f"{result['pytorch']:.1f}", f"{result['ratio']:.2f}x", ">= 1.3x"))
-    print(f"\nTraining throughput (forward + backward + SGD momentum update), {args.threads} thread(s); "
-          f"median of {args.rounds} rounds x {args.steps} steps, sides alternating")
+        rows.append(
+            (
+                name,
+                f"{arch.input_size}x{arch.input_size}x{arch.in_channels}",
+                batch,
+                f"{result['ours']:.1f}",
+                f"{result['pytorch']:.1f}",
+                f"{result['ratio']:.2f}x",
+                ">= 1.3x",
+            )
+        )
+    print(
+        f"\nTraining throughput (forward + backward + SGD momentum update), {args.threads} thread(s); "
+        f"median of {args.rounds} rounds x {args.steps} steps, sides alternating"
+    )
     print(f"Machine: {machine(('tensorflow', 'keras', 'torch', 'timm'))}\n")
-    print(table(("net", "input", "batch", "ours (images/s)", "PyTorch (images/s)", "ours / PyTorch", "target"),
-                rows))
+    print(table(("net", "input", "batch", "ours (images/s)", "PyTorch (images/s)", "ours / PyTorch", "target"), rows))
 
 
 if __name__ == "__main__":

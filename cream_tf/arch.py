@@ -41,7 +41,12 @@ class StageSpec:
 
 
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec(24, 2), StageSpec(40, 2), StageSpec(80, 2), StageSpec(96, 1), StageSpec(192, 2))
+    StageSpec(24, 2),
+    StageSpec(40, 2),
+    StageSpec(80, 2),
+    StageSpec(96, 1),
+    StageSpec(192, 2),
+)
 # The deepest stage of any published Cream model (cream_604 has six blocks in stages 4 and 5);
 # the supernet a search trains is usually shallower (see flops.depths_for_flops_range).
 MAX_BLOCKS = 6
@@ -127,18 +132,16 @@ class Arch:
         choices = tuple(tuple(int(c) for c in stage) for stage in self.choices)
         object.__setattr__(self, "choices", choices)
         if len(choices) != len(STAGES):
-            raise ValueError(
-                f"An architecture has {len(STAGES)} choice stages; got {len(choices)}: {choices}.")
+            raise ValueError(f"An architecture has {len(STAGES)} choice stages; got {len(choices)}: {choices}.")
         for i, (stage, spec) in enumerate(zip(choices, STAGES)):
             if not 1 <= len(stage) <= MAX_BLOCKS:
-                raise ValueError(
-                    f"Stage {i + 1} (c{spec.channels}) has {len(stage)} blocks; "
-                    f"valid is 1..{MAX_BLOCKS}.")
+                raise ValueError(f"Stage {i + 1} (c{spec.channels}) has {len(stage)} blocks; valid is 1..{MAX_BLOCKS}.")
             for c in stage:
                 if not 0 <= c < len(CHOICES):
                     raise ValueError(
                         f"Choice index {c} in stage {i + 1} is out of range; valid is 0..{len(CHOICES) - 1} "
-                        f"(kernel, expansion) = {dict(enumerate(CHOICES))}.")
+                        f"(kernel, expansion) = {dict(enumerate(CHOICES))}."
+                    )
         _check_int("in_channels", self.in_channels, 1)
         _check_int("num_classes", self.num_classes, 1)
         _check_int("stem_channels", self.stem_channels, 1)
@@ -154,7 +157,8 @@ class Arch:
             raise ValueError(
                 f"input_size {self.input_size} is too small for this network: its strides reduce "
                 f"the image by {self.total_stride}x, so the input must be at least {min_size} pixels "
-                f"(or use stem_stride=1 for small images).")
+                f"(or use stem_stride=1 for small images)."
+            )
 
     @property
     def depths(self) -> tuple[int, ...]:
@@ -173,9 +177,11 @@ class Arch:
         return "".join("[" + ",".join(str(c) for c in stage) + "]" for stage in self.choices)
 
     def __str__(self) -> str:
-        return (f"{self.path}@{self.input_size};in={self.in_channels};classes={self.num_classes};"
-                f"stem={self.stem_channels}/{self.stem_stride};dropout={self.dropout:g};"
-                f"drop_path={self.drop_path:g}")
+        return (
+            f"{self.path}@{self.input_size};in={self.in_channels};classes={self.num_classes};"
+            f"stem={self.stem_channels}/{self.stem_stride};dropout={self.dropout:g};"
+            f"drop_path={self.drop_path:g}"
+        )
 
     def replace(self, **changes) -> Arch:
         return dataclasses.replace(self, **changes)
@@ -191,10 +197,12 @@ class Arch:
             raise ValueError(
                 f"Malformed architecture string {text!r}: expected five bracketed lists of choice "
                 "indices with an optional input size and settings, e.g. "
-                "'[3][3,3][3,1,3][3,3,3,3][3,3,3]@224;in=3;classes=1000'.")
+                "'[3][3,3][3,1,3][3,3,3,3][3,3,3]@224;in=3;classes=1000'."
+            )
         fields = dict(defaults)
-        fields["choices"] = [tuple(int(c) for c in group.split(","))
-                             for group in re.findall(r"\[([^\]]*)\]", match.group(1))]
+        fields["choices"] = [
+            tuple(int(c) for c in group.split(",")) for group in re.findall(r"\[([^\]]*)\]", match.group(1))
+        ]
         if match.group(2):
             fields["input_size"] = int(match.group(2))
         for option in options:
@@ -202,7 +210,8 @@ class Arch:
             if not sep or key not in _KEYS:
                 raise ValueError(
                     f"Malformed setting {option!r} in architecture string {text!r}; valid keys are "
-                    f"{', '.join(_KEYS)} as key=value.")
+                    f"{', '.join(_KEYS)} as key=value."
+                )
             try:
                 if key == "stem":
                     width, _, stride = value.partition("/")
@@ -214,8 +223,9 @@ class Arch:
                 else:
                     fields[{"in": "in_channels", "classes": "num_classes"}[key]] = int(value)
             except ValueError:
-                raise ValueError(f"Setting {option!r} in architecture string {text!r} has a "
-                                 f"value that is not a number.") from None
+                raise ValueError(
+                    f"Setting {option!r} in architecture string {text!r} has a value that is not a number."
+                ) from None
         return cls(**fields)
 
     def to_json(self) -> dict:
@@ -243,12 +253,12 @@ def _check_int(name: str, value, minimum: int) -> None:
 def block_specs(arch: Arch) -> list[BlockSpec]:
     """Decodes an architecture into its blocks, stem first, cn stage last (head excluded)."""
     size = arch.input_size
-    stem = BlockSpec("stem", -1, 0, -1, 3, arch.stem_stride, arch.in_channels,
-                     arch.stem_channels, 0, 0, size)
+    stem = BlockSpec("stem", -1, 0, -1, 3, arch.stem_stride, arch.in_channels, arch.stem_channels, 0, 0, size)
     specs = [stem]
     size = stem.out_size
-    ds = BlockSpec("ds", 0, 0, -1, 3, 1, arch.stem_channels, DS_CHANNELS, 0,
-                   make_divisible(arch.stem_channels * SE_RATIO), size)
+    ds = BlockSpec(
+        "ds", 0, 0, -1, 3, 1, arch.stem_channels, DS_CHANNELS, 0, make_divisible(arch.stem_channels * SE_RATIO), size
+    )
     specs.append(ds)
     channels = DS_CHANNELS
     for stage_index, (stage, spec) in enumerate(zip(arch.choices, STAGES), start=1):
@@ -256,8 +266,19 @@ def block_specs(arch: Arch) -> list[BlockSpec]:
             kernel, expansion = CHOICES[choice]
             stride = spec.stride if block_index == 0 else 1
             mid = make_divisible(channels * expansion)
-            block = BlockSpec("ir", stage_index, block_index, choice, kernel, stride, channels,
-                              spec.channels, mid, make_divisible(mid * SE_RATIO), size)
+            block = BlockSpec(
+                "ir",
+                stage_index,
+                block_index,
+                choice,
+                kernel,
+                stride,
+                channels,
+                spec.channels,
+                mid,
+                make_divisible(mid * SE_RATIO),
+                size,
+            )
             specs.append(block)
             size, channels = block.out_size, spec.channels
     specs.append(BlockSpec("cn", len(STAGES) + 1, 0, -1, 1, 1, channels, LAST_CHANNELS, 0, 0, size))
@@ -297,11 +318,13 @@ class SearchSpace:
         (a tuple, a list, a numpy or tensor vector)."""
         flat = [int(c) for c in path]
         if len(flat) != len(self.positions):
-            raise ValueError(f"Path {flat} has {len(flat)} choices; this search space has "
-                             f"{len(self.positions)} positions (depths {self.depths}).")
+            raise ValueError(
+                f"Path {flat} has {len(flat)} choices; this search space has "
+                f"{len(self.positions)} positions (depths {self.depths})."
+            )
         stages, start = [], 0
         for depth in self.depths:
-            stages.append(tuple(flat[start:start + depth]))
+            stages.append(tuple(flat[start : start + depth]))
             start += depth
         return self.template.replace(choices=tuple(stages))
 
@@ -311,10 +334,11 @@ class SearchSpace:
 
     def choice_specs(self) -> list[list[BlockSpec]]:
         """[position][choice] -> the block at that position with that choice."""
-        per_choice = [[spec for spec in block_specs(uniform_arch(self.depths, c, **self._settings()))
-                       if spec.choice >= 0] for c in range(len(CHOICES))]
+        per_choice = [
+            [spec for spec in block_specs(uniform_arch(self.depths, c, **self._settings())) if spec.choice >= 0]
+            for c in range(len(CHOICES))
+        ]
         return [list(row) for row in zip(*per_choice)]
 
     def _settings(self) -> dict:
-        return {f.name: getattr(self.template, f.name) for f in dataclasses.fields(Arch)
-                if f.name != "choices"}
+        return {f.name: getattr(self.template, f.name) for f in dataclasses.fields(Arch) if f.name != "choices"}

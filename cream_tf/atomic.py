@@ -42,8 +42,10 @@ def staged_folder(target, overwrite: bool = False):
     """
     target = Path(target)
     if target.exists() and not overwrite:
-        raise ValueError(f"Output folder {str(target)!r} already exists; choose a new folder or "
-                         "pass overwrite=True (--overwrite) to replace it.")
+        raise ValueError(
+            f"Output folder {str(target)!r} already exists; choose a new folder or "
+            "pass overwrite=True (--overwrite) to replace it."
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     staging.chmod(0o755)

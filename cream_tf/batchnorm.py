@@ -28,8 +28,10 @@ class Recalibrator:
 
     def __init__(self, forward, norms: list[FusedBatchNormalization]):
         if not norms:
-            raise ValueError("No fused BatchNorm to recalibrate; valid are models built with fused_bn=True "
-                             "(the supernet, build_child(..., fused_bn=True)).")
+            raise ValueError(
+                "No fused BatchNorm to recalibrate; valid are models built with fused_bn=True "
+                "(the supernet, build_child(..., fused_bn=True))."
+            )
         self.norms = norms
 
         @tf.function

@@ -52,8 +52,15 @@ class FusedBatchNormalization(layers.BatchNormalization):
         if not training:
             return super().call(inputs, training=False)
         outputs, mean, variance, *_ = tf.compat.v1.nn.fused_batch_norm(
-            inputs, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
-            epsilon=self.epsilon, is_training=True, exponential_avg_factor=1.0 - self.momentum)
+            inputs,
+            self.gamma,
+            self.beta,
+            mean=self.moving_mean,
+            variance=self.moving_variance,
+            epsilon=self.epsilon,
+            is_training=True,
+            exponential_avg_factor=1.0 - self.momentum,
+        )
         self.moving_mean.assign(mean)
         self.moving_variance.assign(variance)
         return outputs
@@ -89,15 +96,20 @@ class Block(keras.layers.Layer):
         if spec.kind in ("stem", "cn"):
             conv_name = "conv_stem" if spec.kind == "stem" else f"{p}_conv"
             bn_name = "bn1" if spec.kind == "stem" else f"{p}_bn1"
-            before_se = [*_conv(spec.out_channels, spec.kernel, spec.stride, conv_name),
-                         bn(bn_name), swish("act")]
+            before_se = [*_conv(spec.out_channels, spec.kernel, spec.stride, conv_name), bn(bn_name), swish("act")]
         elif spec.kind == "ds":
             before_se = [*_dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"), bn(f"{p}_bn1"), swish("act1")]
             after_se = [*_conv(spec.out_channels, 1, 1, f"{p}_conv_pw"), bn(f"{p}_bn2")]
             se = self._se(spec.in_channels, spec.se_channels)
         elif spec.kind == "ir":
-            before_se = [*_conv(spec.mid_channels, 1, 1, f"{p}_conv_pw"), bn(f"{p}_bn1"), swish("act1"),
-                         *_dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"), bn(f"{p}_bn2"), swish("act2")]
+            before_se = [
+                *_conv(spec.mid_channels, 1, 1, f"{p}_conv_pw"),
+                bn(f"{p}_bn1"),
+                swish("act1"),
+                *_dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"),
+                bn(f"{p}_bn2"),
+                swish("act2"),
+            ]
             after_se = [*_conv(spec.out_channels, 1, 1, f"{p}_conv_pwl"), bn(f"{p}_bn3")]
             se = self._se(spec.mid_channels, spec.se_channels)
         else:
@@ -109,17 +121,18 @@ class Block(keras.layers.Layer):
         if spec.residual:
             if drop_path > 0:
                 # Dropping whole samples of the residual branch is stochastic depth.
-                self.drop_path = layers.Dropout(drop_path, noise_shape=(None, 1, 1, 1),
-                                                name=f"{p}_drop_path")
+                self.drop_path = layers.Dropout(drop_path, noise_shape=(None, 1, 1, 1), name=f"{p}_drop_path")
             self.add = layers.Add(name=f"{p}_add")
 
     def _se(self, channels, reduced):
         p = self.spec.name
-        return [layers.GlobalAveragePooling2D(keepdims=True, name=f"{p}_se_pool"),
-                layers.Conv2D(reduced, 1, name=f"{p}_se_conv_reduce"),
-                layers.ReLU(name=f"{p}_se_relu"),
-                layers.Conv2D(channels, 1, name=f"{p}_se_conv_expand"),
-                layers.Activation("hard_sigmoid", name=f"{p}_se_gate")]
+        return [
+            layers.GlobalAveragePooling2D(keepdims=True, name=f"{p}_se_pool"),
+            layers.Conv2D(reduced, 1, name=f"{p}_se_conv_reduce"),
+            layers.ReLU(name=f"{p}_se_relu"),
+            layers.Conv2D(channels, 1, name=f"{p}_se_conv_expand"),
+            layers.Activation("hard_sigmoid", name=f"{p}_se_gate"),
+        ]
 
     @property
     def parts(self) -> list[layers.Layer]:
@@ -144,10 +157,12 @@ class Head(keras.layers.Layer):
 
     def __init__(self, num_classes: int, head_channels: int, dropout: float, **kwargs):
         super().__init__(name="head", **kwargs)
-        self.sequence = [layers.GlobalAveragePooling2D(keepdims=True, name="global_pool"),
-                         layers.Conv2D(head_channels, 1, use_bias=True, name="conv_head"),
-                         layers.Activation("swish", name="act2"),
-                         layers.Flatten(name="flatten")]
+        self.sequence = [
+            layers.GlobalAveragePooling2D(keepdims=True, name="global_pool"),
+            layers.Conv2D(head_channels, 1, use_bias=True, name="conv_head"),
+            layers.Activation("swish", name="act2"),
+            layers.Flatten(name="flatten"),
+        ]
         if dropout > 0:
             self.sequence.append(layers.Dropout(dropout, name="dropout"))
         self.sequence.append(layers.Dense(num_classes, name="classifier"))

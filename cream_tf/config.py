@@ -79,6 +79,7 @@ class DataConfig:
     def validate(self, split: str | None = None) -> None:
         """Raises ValueError naming the first setting (or the split) that is not valid; every
         public function of cream_tf.data calls it first, so a wrong setting fails before tf.data."""
+
         def bad(key, value, valid):
             raise invalid(f"data.{key}", value, valid)
 
@@ -87,8 +88,10 @@ class DataConfig:
         if split is not None and split not in SPLITS:
             raise ValueError(f"Unknown split {split!r}; valid splits are {', '.join(SPLITS)}.")
         if split == "validation" and self.validation_size == 0:
-            raise ValueError("The validation split is empty: data.validation_size=0 holds nothing out; set it "
-                             "to the number of training images to hold out.")
+            raise ValueError(
+                "The validation split is empty: data.validation_size=0 holds nothing out; set it "
+                "to the number of training images to hold out."
+            )
         if self.name in ("folder", "tfrecord") and not self.data_dir:
             bad("data_dir", self.data_dir, f"the root folder of the {self.name} dataset")
         if self.name == "tfds" and not self.tfds_name:
@@ -103,8 +106,12 @@ class DataConfig:
             bad("validation_size", self.validation_size, "0 or more images")
         for key in ("mean", "std"):
             if len(getattr(self, key)) not in (0, self.channels):
-                bad(key, getattr(self, key), f"empty (the dataset's default) or {self.channels} "
-                                               f"value(s), one per channel (channels={self.channels})")
+                bad(
+                    key,
+                    getattr(self, key),
+                    f"empty (the dataset's default) or {self.channels} "
+                    f"value(s), one per channel (channels={self.channels})",
+                )
         if any(s <= 0 for s in self.std):
             bad("std", self.std, "positive values")
         if self.augment not in AUGMENTS:
@@ -191,8 +198,12 @@ class SearchConfig:
         self.data.validate()
         require(self, "cream.pick_method", lambda v: v in PICK_METHODS, ", ".join(PICK_METHODS))
         _positive(self, ("data.batch_size", "train.epochs", "cream.meta_update_every", "cream.board_size"))
-        require(self, "cream.slice", lambda v: v >= 1 and 2 * v <= self.data.batch_size,
-                f">= 1 and at most half the batch ({self.data.batch_size}): the meta step uses two slices of a batch")
+        require(
+            self,
+            "cream.slice",
+            lambda v: v >= 1 and 2 * v <= self.data.batch_size,
+            f">= 1 and at most half the batch ({self.data.batch_size}): the meta step uses two slices of a batch",
+        )
         require(self, "train.lr", lambda v: v > 0, "a number > 0")
         require(self, "train.steps_per_epoch", lambda v: v >= 0, "0 (one pass over the split) or more")
 
@@ -268,10 +279,22 @@ class RetrainConfig:
         for key in ("train.eval_split", "export.eval_split"):
             require(self, key, lambda v: v in SPLITS, ", ".join(SPLITS))
         if self.train.train_split == "train_full":
-            require(self, "train.eval_split", lambda v: v == "test",
-                    "'test' when train.train_split is 'train_full' (the other splits are trained on)")
-        _positive(self, ("data.batch_size", "train.epochs", "train.lr_batch_size", "train.checkpoint_every_epochs",
-                         "export.calibration_images"))
+            require(
+                self,
+                "train.eval_split",
+                lambda v: v == "test",
+                "'test' when train.train_split is 'train_full' (the other splits are trained on)",
+            )
+        _positive(
+            self,
+            (
+                "data.batch_size",
+                "train.epochs",
+                "train.lr_batch_size",
+                "train.checkpoint_every_epochs",
+                "export.calibration_images",
+            ),
+        )
         for key in ("steps_per_epoch", "eval_every_epochs", "eval_batches", "ema_recalibrate_batches"):
             require(self, f"train.{key}", lambda v: v >= 0, "0 or more")
         for key in ("lr", "decay_epochs", "rmsprop_epsilon"):
@@ -325,6 +348,7 @@ def to_dict(config) -> dict:
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
         return value
+
     return plain(dataclasses.asdict(config))
 
 

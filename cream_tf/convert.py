@@ -82,20 +82,25 @@ def load_state_dict(model: keras.Model, state_dict: Mapping[str, np.ndarray]) ->
             used.add(key)
             array = to_keras(np.asarray(state_dict[key]))
             if tuple(array.shape) != tuple(variable.shape) and mismatch is None:
-                mismatch = (f"{key}: checkpoint shape {tuple(np.asarray(state_dict[key]).shape)} "
-                            f"does not fit layer {layer.name!r} weight of shape {tuple(variable.shape)} "
-                            "(in Keras layout)")
+                mismatch = (
+                    f"{key}: checkpoint shape {tuple(np.asarray(state_dict[key]).shape)} "
+                    f"does not fit layer {layer.name!r} weight of shape {tuple(variable.shape)} "
+                    "(in Keras layout)"
+                )
             arrays.append(array)
         plan.append((layer, arrays))
     unexpected = sorted(k for k in state_dict if k not in used and not k.endswith("num_batches_tracked"))
     if missing or unexpected or mismatch:
         problems = []
         if missing:
-            problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:20])}"
-                            + (" ..." if len(missing) > 20 else ""))
+            problems.append(
+                f"missing keys ({len(missing)}): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else "")
+            )
         if unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}"
-                            + (" ..." if len(unexpected) > 20 else ""))
+            problems.append(
+                f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}"
+                + (" ..." if len(unexpected) > 20 else "")
+            )
         if mismatch:
             problems.append(f"first shape mismatch: {mismatch}")
         raise ValueError(f"The checkpoint does not fit model {model.name!r}: " + "; ".join(problems))
@@ -136,8 +141,10 @@ def _torch_load(path: Path):
     try:
         import torch
     except ImportError:
-        raise ImportError("Reading PyTorch checkpoints needs torch, an optional extra of cream_tf: "
-                          "pip install cream_tf[torch] (or pip install torch==2.14.1).") from None
+        raise ImportError(
+            "Reading PyTorch checkpoints needs torch, an optional extra of cream_tf: "
+            "pip install cream_tf[torch] (or pip install torch==2.14.1)."
+        ) from None
     try:
         # timm's training scripts store their argparse options beside the weights; a Namespace
         # only holds plain values, so allowing it keeps weights_only loading safe.
@@ -149,24 +156,31 @@ def _torch_load(path: Path):
             f"weights_only=True failed: {type(error).__name__}: {error}). Give a file written by "
             "torch.save holding a state dict or a dict with 'state_dict' / 'state_dict_ema'; a "
             "trusted checkpoint that also holds other Python objects can be re-saved with only "
-            "those entries.") from None
+            "those entries."
+        ) from None
 
 
 def _pick_state_dict(loaded, path: Path, use_ema: bool) -> tuple[str, Mapping]:
     if not isinstance(loaded, Mapping):
-        raise ValueError(f"{str(path)!r} holds a {type(loaded).__name__}; expected a state dict or "
-                         "a dict with 'state_dict' and/or 'state_dict_ema'.")
+        raise ValueError(
+            f"{str(path)!r} holds a {type(loaded).__name__}; expected a state dict or "
+            "a dict with 'state_dict' and/or 'state_dict_ema'."
+        )
     wanted = ("state_dict_ema", "state_dict") if use_ema else ("state_dict",)
     for key in wanted:
         if isinstance(loaded.get(key), Mapping):
             return key, loaded[key]
     if "state_dict_ema" in loaded or "state_dict" in loaded:
-        raise ValueError(f"{str(path)!r} has no {' or '.join(repr(k) for k in wanted)} (use_ema={use_ema}); "
-                         f"its entries are {sorted(loaded)}.")
+        raise ValueError(
+            f"{str(path)!r} has no {' or '.join(repr(k) for k in wanted)} (use_ema={use_ema}); "
+            f"its entries are {sorted(loaded)}."
+        )
     if loaded and all(hasattr(value, "shape") for value in loaded.values()):
         return "bare state dict", loaded
-    raise ValueError(f"{str(path)!r} is not a state dict and has no 'state_dict' or "
-                     f"'state_dict_ema'; its entries are {sorted(loaded)[:20]}.")
+    raise ValueError(
+        f"{str(path)!r} is not a state dict and has no 'state_dict' or "
+        f"'state_dict_ema'; its entries are {sorted(loaded)[:20]}."
+    )
 
 
 def read_checkpoint(path, use_ema: bool = True) -> Checkpoint:
@@ -178,18 +192,20 @@ def read_checkpoint(path, use_ema: bool = True) -> Checkpoint:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"Checkpoint {str(path)!r} does not exist or is not a file; give the path of "
-                         f"a PyTorch checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}).")
+        raise ValueError(
+            f"Checkpoint {str(path)!r} does not exist or is not a file; give the path of "
+            f"a PyTorch checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})."
+        )
     weights, state_dict = _pick_state_dict(_torch_load(path), path, use_ema)
     if all(key.startswith("module.") for key in state_dict):
-        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
-    arrays = {key: (value.float() if value.is_floating_point() else value).numpy()
-              for key, value in state_dict.items()}
+        state_dict = {key[len("module.") :]: value for key, value in state_dict.items()}
+    arrays = {key: (value.float() if value.is_floating_point() else value).numpy() for key, value in state_dict.items()}
     return Checkpoint(str(path.resolve()), weights, use_ema, arrays)
 
 
-def build_from_checkpoint(arch: Arch, checkpoint: Checkpoint, num_classes: int | None = None,
-                          name: str = "cream") -> tuple[keras.Model, Arch]:
+def build_from_checkpoint(
+    arch: Arch, checkpoint: Checkpoint, num_classes: int | None = None, name: str = "cream"
+) -> tuple[keras.Model, Arch]:
     """The network `arch` with the checkpoint's weights; returns it and its Arch.
 
     num_classes: None takes the checkpoint's class count (classifier.weight); a number that
@@ -197,8 +213,10 @@ def build_from_checkpoint(arch: Arch, checkpoint: Checkpoint, num_classes: int |
     """
     found = checkpoint.num_classes
     if num_classes is not None and found is not None and num_classes != found:
-        raise ValueError(f"num_classes={num_classes} disagrees with checkpoint {checkpoint.path!r}, whose "
-                         f"classifier.weight has {found} classes; pass {found} or leave num_classes out.")
+        raise ValueError(
+            f"num_classes={num_classes} disagrees with checkpoint {checkpoint.path!r}, whose "
+            f"classifier.weight has {found} classes; pass {found} or leave num_classes out."
+        )
     chosen = next((n for n in (num_classes, found) if n is not None), arch.num_classes)
     arch = arch.replace(num_classes=chosen)
     model = build_child(arch, name=name)

@@ -29,5 +29,7 @@ def check_batch(batch_size: int, strategy: tf.distribute.Strategy) -> None:
     """The global batch must split evenly over the replicas (each gets batch / replicas)."""
     replicas = strategy.num_replicas_in_sync
     if batch_size < 1 or batch_size % replicas:
-        raise ValueError(f"data.batch_size={batch_size} does not split evenly over {replicas} replicas; "
-                         "valid are positive multiples of the replica count.")
+        raise ValueError(
+            f"data.batch_size={batch_size} does not split evenly over {replicas} replicas; "
+            "valid are positive multiples of the replica count."
+        )

@@ -141,7 +141,8 @@ def check_fits(predict, config: DataConfig) -> None:
         raise ValueError(
             f"{predict.source} takes {list(predict.input_shape)} images and has {predict.num_classes} classes, "
             f"but the data gives {list(expected)} images of {config.num_classes} classes (data.name={config.name!r}); "
-            "valid is data that matches the model (set data.image_size, data.channels, data.num_classes).")
+            "valid is data that matches the model (set data.image_size, data.channels, data.num_classes)."
+        )
 
 
 def evaluate(source, config: DataConfig, split: str = "test", max_batches: int = 0) -> dict:

@@ -54,21 +54,30 @@ def int8_metadata(path: Path, calibration_split: str, calibration_images: int) -
         scale, zero_point = detail["quantization"]
         return {"dtype": detail["dtype"].__name__, "scale": float(scale), "zero_point": int(zero_point)}
 
-    return {"scheme": "full-integer post-training quantization (int8 weights and activations)",
-            "input": tensor(predict.input), "output": tensor(predict.output),
-            "usage": "q_in = round(x / scale) + zero_point on normalized images x; "
-                     "logits = (q_out - zero_point) * scale",
-            "calibration": {"split": calibration_split, "images": calibration_images}}
+    return {
+        "scheme": "full-integer post-training quantization (int8 weights and activations)",
+        "input": tensor(predict.input),
+        "output": tensor(predict.output),
+        "usage": "q_in = round(x / scale) + zero_point on normalized images x; logits = (q_out - zero_point) * scale",
+        "calibration": {"split": calibration_split, "images": calibration_images},
+    }
 
 
 def measure_formats(folder: Path, files: dict, config: DataConfig, split: str, max_batches: int) -> dict:
     """Top-1/top-5 of every format in `folder` on the same images (see cream_tf.evaluate)."""
-    figures = {name: evaluate.evaluate(folder / file, config, split, max_batches)
-               for name, file in files.items() if name != "saved_model"}
+    figures = {
+        name: evaluate.evaluate(folder / file, config, split, max_batches)
+        for name, file in files.items()
+        if name != "saved_model"
+    }
     counts = {f["images"] for f in figures.values()}
-    return {"split": split, "images": counts.pop(), "batches": max_batches or "all",
-            "top1": {name: f["top1"] for name, f in figures.items()},
-            "top5": {name: f["top5"] for name, f in figures.items()}}
+    return {
+        "split": split,
+        "images": counts.pop(),
+        "batches": max_batches or "all",
+        "top1": {name: f["top1"] for name, f in figures.items()},
+        "top5": {name: f["top5"] for name, f in figures.items()},
+    }
 
 
 def metadata_for(arch: Arch, *, weights_source: str, preprocessing: dict, extra: dict | None = None) -> dict:
@@ -76,8 +85,12 @@ def metadata_for(arch: Arch, *, weights_source: str, preprocessing: dict, extra:
     data = {
         "format_version": 1,
         "architecture": arch.to_json(),
-        "input": {"shape": [arch.input_size, arch.input_size, arch.in_channels], "layout": "NHWC",
-                  "dtype": "float32", "output": f"logits over {arch.num_classes} classes"},
+        "input": {
+            "shape": [arch.input_size, arch.input_size, arch.in_channels],
+            "layout": "NHWC",
+            "dtype": "float32",
+            "output": f"logits over {arch.num_classes} classes",
+        },
         "preprocessing": preprocessing,
         "flops": {"multiply_adds": cost.macs, "mflops": round(cost.macs / 1e6, 3)},
         "parameters": cost.params,
@@ -90,9 +103,18 @@ def metadata_for(arch: Arch, *, weights_source: str, preprocessing: dict, extra:
     return data
 
 
-def write_entry(model: keras.Model, arch: Arch, output_dir, *, weights_source: str,
-                preprocessing: dict, extra_metadata: dict | None = None, overwrite: bool = False,
-                data_config: DataConfig | None = None, export_config: ExportConfig | None = None) -> Path:
+def write_entry(
+    model: keras.Model,
+    arch: Arch,
+    output_dir,
+    *,
+    weights_source: str,
+    preprocessing: dict,
+    extra_metadata: dict | None = None,
+    overwrite: bool = False,
+    data_config: DataConfig | None = None,
+    export_config: ExportConfig | None = None,
+) -> Path:
     """Exports `model` (built for `arch`) as a zoo entry folder at `output_dir`; returns its path.
 
     With `data_config` (data the model fits) it also writes model_int8.tflite, calibrated on
@@ -103,18 +125,17 @@ def write_entry(model: keras.Model, arch: Arch, output_dir, *, weights_source: s
         model.save(staging / KERAS_FILE)
         model.export(str(staging / SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
         atomic.write_bytes(staging / TFLITE_FLOAT_FILE, to_tflite_float(staging / SAVED_MODEL_DIR))
-        metadata = metadata_for(arch, weights_source=weights_source, preprocessing=preprocessing,
-                                extra=extra_metadata)
+        metadata = metadata_for(arch, weights_source=weights_source, preprocessing=preprocessing, extra=extra_metadata)
         if data_config is not None:
             evaluate.check_fits(evaluate.KerasPredictor(model), data_config)
             if export_config.int8:
                 count = min(export_config.calibration_images, data.num_examples(data_config, "train"))
                 calibration = data.sample_images(data_config, "train", count)
-                atomic.write_bytes(staging / TFLITE_INT8_FILE,
-                                   to_tflite_int8(staging / SAVED_MODEL_DIR, calibration))
+                atomic.write_bytes(staging / TFLITE_INT8_FILE, to_tflite_int8(staging / SAVED_MODEL_DIR, calibration))
                 metadata["files"]["tflite_int8"] = TFLITE_INT8_FILE
                 metadata["tflite_int8"] = int8_metadata(staging / TFLITE_INT8_FILE, "train", count)
-            metadata["accuracy"] = measure_formats(staging, metadata["files"], data_config,
-                                                   export_config.eval_split, export_config.eval_batches)
+            metadata["accuracy"] = measure_formats(
+                staging, metadata["files"], data_config, export_config.eval_split, export_config.eval_batches
+            )
         atomic.write_json(staging / METADATA_FILE, metadata)
     return Path(output_dir)

@@ -50,8 +50,10 @@ class Cost:
         header = f"{'layer':<28}{'kind':<10}{'input':>16}{'output':>16}{'MACs':>14}{'params':>12}"
         lines = [header, "-" * len(header)]
         for layer in self.layers:
-            lines.append(f"{layer.name:<28}{layer.kind:<10}{_shape(layer.in_shape):>16}"
-                         f"{_shape(layer.out_shape):>16}{layer.macs:>14,}{layer.params:>12,}")
+            lines.append(
+                f"{layer.name:<28}{layer.kind:<10}{_shape(layer.in_shape):>16}"
+                f"{_shape(layer.out_shape):>16}{layer.macs:>14,}{layer.params:>12,}"
+            )
         lines.append("-" * len(header))
         lines.append(f"{'total':<70}{self.macs:>14,}{self.params:>12,}")
         lines.append(f"{self.macs / 1e6:.1f}M multiply-adds, {self.params / 1e6:.3f}M parameters")
@@ -70,8 +72,10 @@ def _conv(name, size_in, size_out, cin, cout, kernel, groups=1, bias=False, bn=T
 
 
 def _se(prefix, channels, reduced):
-    return [_conv(f"{prefix}.se.conv_reduce", 1, 1, channels, reduced, 1, bias=True, bn=False),
-            _conv(f"{prefix}.se.conv_expand", 1, 1, reduced, channels, 1, bias=True, bn=False)]
+    return [
+        _conv(f"{prefix}.se.conv_reduce", 1, 1, channels, reduced, 1, bias=True, bn=False),
+        _conv(f"{prefix}.se.conv_expand", 1, 1, reduced, channels, 1, bias=True, bn=False),
+    ]
 
 
 def block_cost(spec: BlockSpec) -> list[LayerCost]:
@@ -83,21 +87,31 @@ def block_cost(spec: BlockSpec) -> list[LayerCost]:
         return [_conv(f"{p}.conv", s_in, s_out, spec.in_channels, spec.out_channels, 1)]
     if spec.kind == "ds":
         c = spec.in_channels
-        return [_conv(f"{p}.conv_dw", s_in, s_out, c, c, spec.kernel, groups=c),
-                *_se(p, c, spec.se_channels),
-                _conv(f"{p}.conv_pw", s_out, s_out, c, spec.out_channels, 1)]
+        return [
+            _conv(f"{p}.conv_dw", s_in, s_out, c, c, spec.kernel, groups=c),
+            *_se(p, c, spec.se_channels),
+            _conv(f"{p}.conv_pw", s_out, s_out, c, spec.out_channels, 1),
+        ]
     mid = spec.mid_channels
-    return [_conv(f"{p}.conv_pw", s_in, s_in, spec.in_channels, mid, 1),
-            _conv(f"{p}.conv_dw", s_in, s_out, mid, mid, spec.kernel, groups=mid),
-            *_se(p, mid, spec.se_channels),
-            _conv(f"{p}.conv_pwl", s_out, s_out, mid, spec.out_channels, 1)]
+    return [
+        _conv(f"{p}.conv_pw", s_in, s_in, spec.in_channels, mid, 1),
+        _conv(f"{p}.conv_dw", s_in, s_out, mid, mid, spec.kernel, groups=mid),
+        *_se(p, mid, spec.se_channels),
+        _conv(f"{p}.conv_pwl", s_out, s_out, mid, spec.out_channels, 1),
+    ]
 
 
 def head_cost(in_channels: int, num_classes: int) -> list[LayerCost]:
     """The MobileNetV3 head after global pooling: conv_head (with bias) and the classifier."""
     conv_head = _conv("conv_head", 1, 1, in_channels, HEAD_CHANNELS, 1, bias=True, bn=False)
-    classifier = LayerCost("classifier", "dense", (1, 1, HEAD_CHANNELS), (1, 1, num_classes),
-                           HEAD_CHANNELS * num_classes, HEAD_CHANNELS * num_classes + num_classes)
+    classifier = LayerCost(
+        "classifier",
+        "dense",
+        (1, 1, HEAD_CHANNELS),
+        (1, 1, num_classes),
+        HEAD_CHANNELS * num_classes,
+        HEAD_CHANNELS * num_classes + num_classes,
+    )
     return [conv_head, classifier]
 
 
@@ -116,8 +130,7 @@ def flops_of(arch: Arch) -> int:
 def choice_block_macs(arch: Arch) -> int:
     """Multiply-adds of the choice blocks only (stages 1-5), the quantity the official code
     budgets when it sizes the supernet."""
-    return sum(layer.macs for spec in block_specs(arch) if spec.choice >= 0
-               for layer in block_cost(spec))
+    return sum(layer.macs for spec in block_specs(arch) if spec.choice >= 0 for layer in block_cost(spec))
 
 
 # The official order in which stages (0-based over the five choice stages) grow, and the
@@ -146,8 +159,9 @@ def depths_for_flops_range(min_mflops: float, max_mflops: float, **settings) -> 
     here the input size is the user's choice, so we say which range is reachable instead.)
     """
     if min_mflops > max_mflops or min_mflops < 0:
-        raise ValueError(f"FLOPs range [{min_mflops}, {max_mflops}] MFLOPs is not a valid range "
-                         "(need 0 <= min <= max).")
+        raise ValueError(
+            f"FLOPs range [{min_mflops}, {max_mflops}] MFLOPs is not a valid range (need 0 <= min <= max)."
+        )
     largest_choice = len(CHOICES) - 1
 
     def mflops(entries, choice):
@@ -161,7 +175,8 @@ def depths_for_flops_range(min_mflops: float, max_mflops: float, **settings) -> 
         raise ValueError(
             f"No architecture meets the FLOPs range [{min_mflops:g}, {max_mflops:g}] MFLOPs at "
             f"these settings ({settings or 'defaults'}): the choice blocks can cost from "
-            f"{smallest:.1f} to {largest:.1f} MFLOPs. Widen the range or change the input size.")
+            f"{smallest:.1f} to {largest:.1f} MFLOPs. Widen the range or change the input size."
+        )
 
     entries = [1] * len(STAGES)
     for stage, limit in zip(_GROWTH_ORDER, _GROWTH_LIMIT):
@@ -170,8 +185,7 @@ def depths_for_flops_range(min_mflops: float, max_mflops: float, **settings) -> 
             grown[stage] += 1
             # Grow while the largest net is below the minimum, then while it stays within the
             # maximum; the first step over the maximum ends the growth, as in the official code.
-            if (mflops(entries, largest_choice) >= min_mflops
-                    and mflops(grown, largest_choice) > max_mflops):
+            if mflops(entries, largest_choice) >= min_mflops and mflops(grown, largest_choice) > max_mflops:
                 return _depths(entries)
             entries = grown
     return _depths(entries)
@@ -193,8 +207,7 @@ class FlopsTable:
         return self.fixed + sum(row[c] for row, c in zip(self.table, flat_path))
 
     def range(self) -> tuple[int, int]:
-        return (self.fixed + sum(min(row) for row in self.table),
-                self.fixed + sum(max(row) for row in self.table))
+        return (self.fixed + sum(min(row) for row in self.table), self.fixed + sum(max(row) for row in self.table))
 
 
 def _macs(spec: BlockSpec) -> int:

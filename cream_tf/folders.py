@@ -92,9 +92,11 @@ def load_trained(source) -> tuple[keras.Model, RetrainConfig]:
         model_dir = path
         checkpoint = tf.train.latest_checkpoint(str(path / CHECKPOINTS)) if (path / CHECKPOINTS).is_dir() else None
     if not checkpoint or not (model_dir / ARCH_FILE).is_file():
-        raise ValueError(f"{str(source)!r} is not a retrain model_dir with a checkpoint (it needs {ARCH_FILE} and "
-                         f"{CHECKPOINTS}/ckpt-N) nor such a checkpoint; valid are those, a .keras file, a zoo "
-                         "entry folder or a .tflite file.")
+        raise ValueError(
+            f"{str(source)!r} is not a retrain model_dir with a checkpoint (it needs {ARCH_FILE} and "
+            f"{CHECKPOINTS}/ckpt-N) nor such a checkpoint; valid are those, a .keras file, a zoo "
+            "entry folder or a .tflite file."
+        )
     config = config_lib.load(RetrainConfig, str(model_dir / CONFIG_FILE))
     arch = Arch.from_json(json.loads((model_dir / ARCH_FILE).read_text()))
     model = build_child(arch, name="cream")

@@ -34,9 +34,17 @@ class PathSGD:
       decay: per variable, whether weight decay applies.
     """
 
-    def __init__(self, variables, groups: list[list[int]], decay: list[bool], momentum: float = 0.9,
-                 nesterov: bool = True, weight_decay: float = 0.0, clip_norm: float | None = None,
-                 name: str = "sgd"):
+    def __init__(
+        self,
+        variables,
+        groups: list[list[int]],
+        decay: list[bool],
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        clip_norm: float | None = None,
+        name: str = "sgd",
+    ):
         self.variables = list(variables)
         self.groups = [list(g) for g in groups]
         if sorted(i for g in self.groups for i in g) != list(range(len(self.variables))):
@@ -44,14 +52,15 @@ class PathSGD:
         self.decay = list(decay)
         self.momentum, self.nesterov = momentum, nesterov
         self.weight_decay, self.clip_norm = weight_decay, clip_norm
-        self.momenta = [keras.Variable(np.zeros(v.shape, v.dtype), trainable=False,
-                                       name=f"{name}_momentum_{i}") for i, v in enumerate(self.variables)]
+        self.momenta = [
+            keras.Variable(np.zeros(v.shape, v.dtype), trainable=False, name=f"{name}_momentum_{i}")
+            for i, v in enumerate(self.variables)
+        ]
         self.iterations = keras.Variable(0, dtype="int64", trainable=False, name=f"{name}_iterations")
 
     def apply(self, grads, used, lr) -> None:
         """grads: per variable (this replica's part); used: per group, a boolean (tensor)."""
-        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-                 for g, v in zip(grads, self.variables)]
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, self.variables)]
         used = [tf.convert_to_tensor(u) for u in used]
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
@@ -75,10 +84,12 @@ class PathSGD:
         for d in range(len(variables[0])):
             with tf.device(variables[0][d].device):
                 for group, group_used in zip(self.groups, used):
+
                     def step(group=group, d=d):
                         for i in group:
-                            self._update(variables[i][d], momenta[i][d], grads[i][d], lrs[min(d, len(lrs) - 1)],
-                                         self.decay[i])
+                            self._update(
+                                variables[i][d], momenta[i][d], grads[i][d], lrs[min(d, len(lrs) - 1)], self.decay[i]
+                            )
                         return tf.constant(True)
 
                     flag = tf.get_static_value(group_used[d])
@@ -150,7 +161,8 @@ class RecipeSchedule(keras.optimizers.schedules.LearningRateSchedule):
         if self.kind == "step":
             after = self.peak * self.decay_rate ** tf.floor(step / self.decay_steps)
         else:
-            progress = tf.clip_by_value((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1.0),
-                                        0.0, 1.0)
+            progress = tf.clip_by_value(
+                (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1.0), 0.0, 1.0
+            )
             after = 0.5 * self.peak * (1.0 + tf.cos(math.pi * progress))
         return tf.where(step < self.warmup_steps, warming, after)

@@ -52,17 +52,26 @@ from cream_tf.training import FitModel, Progress, TrainingRun
 def fit_to_data(arch: Arch, config: RetrainConfig) -> Arch:
     """The architecture's blocks and stem with the data's input and the recipe's regularization."""
     d, recipe = config.data, config.train
-    fitted = arch.replace(input_size=d.image_size, in_channels=d.channels, num_classes=d.num_classes,
-                          dropout=recipe.dropout, drop_path=recipe.drop_path)
-    changed = [f"{name} {getattr(arch, name)} -> {getattr(fitted, name)}"
-               for name in ("input_size", "in_channels", "num_classes") if getattr(arch, name) != getattr(fitted, name)]
+    fitted = arch.replace(
+        input_size=d.image_size,
+        in_channels=d.channels,
+        num_classes=d.num_classes,
+        dropout=recipe.dropout,
+        drop_path=recipe.drop_path,
+    )
+    changed = [
+        f"{name} {getattr(arch, name)} -> {getattr(fitted, name)}"
+        for name in ("input_size", "in_channels", "num_classes")
+        if getattr(arch, name) != getattr(fitted, name)
+    ]
     if changed:
         logging.warning("The data sets the architecture's %s.", ", ".join(changed))
     return fitted
 
 
-def arch_from(*, search_result: str | None = None, zoo_name: str | None = None, arch: str | None = None,
-              model_dir=None) -> Arch:
+def arch_from(
+    *, search_result: str | None = None, zoo_name: str | None = None, arch: str | None = None, model_dir=None
+) -> Arch:
     """The architecture to retrain from exactly one source; with none, the one `model_dir` was trained on."""
     given = [name for name, value in (("search_result", search_result), ("zoo", zoo_name), ("arch", arch)) if value]
     if len(given) > 1:
@@ -70,12 +79,16 @@ def arch_from(*, search_result: str | None = None, zoo_name: str | None = None, 
     if search_result:
         path = Path(search_result)
         if not path.is_file():
-            raise ValueError(f"search_result={search_result!r} is not a file; valid is the search_result.json "
-                             "a search wrote in its model_dir.")
+            raise ValueError(
+                f"search_result={search_result!r} is not a file; valid is the search_result.json "
+                "a search wrote in its model_dir."
+            )
         winner = json.loads(path.read_text()).get("winner")
         if not winner or "arch" not in winner:
-            raise ValueError(f"{search_result} has no winner (\"winner\": {winner!r}); valid is a search_result.json "
-                             "of a search whose board was not empty.")
+            raise ValueError(
+                f'{search_result} has no winner ("winner": {winner!r}); valid is a search_result.json '
+                "of a search whose board was not empty."
+            )
         return Arch.parse(winner["arch"])
     if zoo_name:
         return zoo.arch_of(zoo_name)
@@ -84,8 +97,10 @@ def arch_from(*, search_result: str | None = None, zoo_name: str | None = None, 
     saved = Path(model_dir or "") / folders.ARCH_FILE
     if model_dir and saved.is_file():
         return Arch.from_json(json.loads(saved.read_text()))
-    raise ValueError(f"No architecture: give --search_result=FILE, --zoo=NAME (one of {', '.join(zoo.names())}) "
-                     f"or --arch=STRING, or a --model_dir holding {folders.ARCH_FILE} from an earlier run.")
+    raise ValueError(
+        f"No architecture: give --search_result=FILE, --zoo=NAME (one of {', '.join(zoo.names())}) "
+        f"or --arch=STRING, or a --model_dir holding {folders.ARCH_FILE} from an earlier run."
+    )
 
 
 @contextlib.contextmanager
@@ -119,8 +134,9 @@ class RecipeModel(FitModel):
             logits = tf.cast(model(images, training=True), tf.float32)
             # Mixup/cutmix already give soft labels; one form for both lets smoothing apply alike.
             targets = labels if labels.shape.rank == 2 else tf.one_hot(labels, model.output_shape[-1])
-            per_example = keras.losses.categorical_crossentropy(targets, logits, from_logits=True,
-                                                                label_smoothing=recipe.label_smoothing)
+            per_example = keras.losses.categorical_crossentropy(
+                targets, logits, from_logits=True, label_smoothing=recipe.label_smoothing
+            )
             ce = tf.reduce_sum(per_example) / self.global_batch_size  # global mean once summed over replicas
             # Coupled L2 (grad += wd * w before the RMS scaling) as timm's RMSpropTF applies weight
             # decay; Keras' weight_decay is the decoupled AdamW kind, a different strength.
@@ -156,16 +172,32 @@ class Retrainer(TrainingRun):
         an existing output_dir is replaced only with `overwrite`.
     """
 
-    def __init__(self, config: RetrainConfig, arch: Arch, model_dir, *, weights=None, output_dir=None,
-                 overwrite: bool = False, strategy: tf.distribute.Strategy | None = None):
+    def __init__(
+        self,
+        config: RetrainConfig,
+        arch: Arch,
+        model_dir,
+        *,
+        weights=None,
+        output_dir=None,
+        overwrite: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
         config.validate()
         self.config, self.recipe = config, config.train
         self.arch = fit_to_data(arch, config)
         self._check_same_arch(Path(model_dir))
-        super().__init__(model_dir, strategy, seed=self.recipe.seed, deterministic=self.recipe.deterministic,
-                         data_config=config.data, split=self.recipe.train_split,
-                         steps_per_epoch=self.recipe.steps_per_epoch, epochs=self.recipe.epochs,
-                         checkpoint_every=self.recipe.checkpoint_every_epochs)
+        super().__init__(
+            model_dir,
+            strategy,
+            seed=self.recipe.seed,
+            deterministic=self.recipe.deterministic,
+            data_config=config.data,
+            split=self.recipe.train_split,
+            steps_per_epoch=self.recipe.steps_per_epoch,
+            epochs=self.recipe.epochs,
+            checkpoint_every=self.recipe.checkpoint_every_epochs,
+        )
         self.weights = weights
         self.output_dir = Path(output_dir) if output_dir else self.model_dir / "entry"
         self.overwrite = overwrite or not output_dir
@@ -195,15 +227,18 @@ class Retrainer(TrainingRun):
         if saved.is_file():
             previous = Arch.from_json(json.loads(saved.read_text()))
             if previous != self.arch:
-                raise ValueError(f"{model_dir} holds a run of {previous}, not {self.arch}; valid are the "
-                                 "same architecture and data (to resume) or a new --model_dir.")
+                raise ValueError(
+                    f"{model_dir} holds a run of {previous}, not {self.arch}; valid are the "
+                    "same architecture and data (to resume) or a new --model_dir."
+                )
 
     def _optimizer(self) -> keras.optimizers.Optimizer:
         recipe = self.recipe
         schedule = RecipeSchedule(recipe, self.config.data.batch_size, self.steps_per_epoch)
         if recipe.optimizer == "rmsprop":
-            optimizer = TFRMSprop(schedule, rho=recipe.rmsprop_rho, momentum=recipe.momentum,
-                                  epsilon=recipe.rmsprop_epsilon)
+            optimizer = TFRMSprop(
+                schedule, rho=recipe.rmsprop_rho, momentum=recipe.momentum, epsilon=recipe.rmsprop_epsilon
+            )
         else:
             optimizer = keras.optimizers.SGD(schedule, momentum=recipe.momentum, nesterov=True)
         # Weight decay is an L2 term of the loss (see RecipeModel), not Keras' decoupled kind.
@@ -230,13 +265,20 @@ class Retrainer(TrainingRun):
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
         batch = self.config.data.batch_size
-        return [_EpochFigures(self), Progress(self, lambda logs: [
-            ("loss", logs["loss"]), ("top1", 100.0 * logs["correct"] / batch)])]
+        return [
+            _EpochFigures(self),
+            Progress(self, lambda logs: [("loss", logs["loss"]), ("top1", 100.0 * logs["correct"] / batch)]),
+        ]
 
     def end_epoch(self, logs: dict) -> None:
         recipe, sums, steps = self.recipe, self._sums, self.steps_per_epoch
-        row = {"epoch": self.epoch, "loss": sums["loss"] / steps, "ce": sums["ce"] / steps,
-               "train_top1": 100.0 * sums["correct"] / (steps * self.config.data.batch_size), "lr": self.learning_rate}
+        row = {
+            "epoch": self.epoch,
+            "loss": sums["loss"] / steps,
+            "ce": sums["ce"] / steps,
+            "train_top1": 100.0 * sums["correct"] / (steps * self.config.data.batch_size),
+            "lr": self.learning_rate,
+        }
         if recipe.eval_every_epochs and self.epoch % recipe.eval_every_epochs == 0:
             row[f"{recipe.eval_split}_top1"] = self.evaluate()
         row["seconds"] = round(time.time() - self._began, 1)
@@ -252,8 +294,9 @@ class Retrainer(TrainingRun):
         """What is evaluated and exported: a float32 copy, outside any strategy, of the EMA weights
         when EMA is on (BatchNorm statistics recomputed if the recipe says so), else the weights."""
         with dtype_policy("float32"):
-            return folders.portable_model(self.arch, (self.ema_model or self.model).get_weights(),
-                                          folders.ema_calibration(self.config))
+            return folders.portable_model(
+                self.arch, (self.ema_model or self.model).get_weights(), folders.ema_calibration(self.config)
+            )
 
     def evaluate(self, max_batches: int | None = None) -> float:
         dataset = data.load(self.config.data, self.recipe.eval_split, training=False)
@@ -275,9 +318,14 @@ class Retrainer(TrainingRun):
             return None
         train_seconds = time.time() - start
         recipe = self.recipe
-        result = {"arch": str(self.arch), "epochs": self.epoch, "steps_per_epoch": self.steps_per_epoch,
-                  "weights_start": str(self.weights) if self.weights else "fresh",
-                  "ema": recipe.ema_decay or None, "history": self.history}
+        result = {
+            "arch": str(self.arch),
+            "epochs": self.epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "weights_start": str(self.weights) if self.weights else "fresh",
+            "ema": recipe.ema_decay or None,
+            "history": self.history,
+        }
         if self.config.export.enabled:
             entry = self.write_entry()
             metadata = json.loads((entry / folders.METADATA_FILE).read_text())
@@ -295,13 +343,23 @@ class Retrainer(TrainingRun):
             which += f", BatchNorm statistics recomputed on {recipe.ema_recalibrate_batches} training batches"
         start = f"from {self.weights}" if self.weights else "from scratch"
         return export.write_entry(
-            self.export_model(), self.arch, self.output_dir, overwrite=self.overwrite,
+            self.export_model(),
+            self.arch,
+            self.output_dir,
+            overwrite=self.overwrite,
             weights_source=f"retrained {start} in {self.model_dir}, {self.epoch} epochs; {which}",
             preprocessing=data.preprocessing_metadata(self.config.data),
-            extra_metadata={"retrain": {"model_dir": str(self.model_dir), "epochs": self.epoch,
-                                        "recipe": config_lib.to_dict(self.config)["train"],
-                                        "history": self.history}},
-            data_config=self.config.data, export_config=self.config.export)
+            extra_metadata={
+                "retrain": {
+                    "model_dir": str(self.model_dir),
+                    "epochs": self.epoch,
+                    "recipe": config_lib.to_dict(self.config)["train"],
+                    "history": self.history,
+                }
+            },
+            data_config=self.config.data,
+            export_config=self.config.export,
+        )
 
 
 class _EpochFigures(keras.callbacks.Callback):

@@ -36,9 +36,12 @@ class Supernet(keras.Model):
         self.stem = Block(stem, fused_bn=True)
         self.ds = Block(ds, drop_path=rates[0], fused_bn=True)
         self.choice_blocks = [
-            [Block(spec, drop_path=rates[1 + position], fused_bn=True, name=f"{spec.name}_choice{choice}")
-             for choice, spec in enumerate(row)]
-            for position, row in enumerate(space.choice_specs())]
+            [
+                Block(spec, drop_path=rates[1 + position], fused_bn=True, name=f"{spec.name}_choice{choice}")
+                for choice, spec in enumerate(row)
+            ]
+            for position, row in enumerate(space.choice_specs())
+        ]
         self.last = Block(cn, drop_path=rates[-1], fused_bn=True)
         self.head = Head(space.template.num_classes, HEAD_CHANNELS, space.template.dropout)
         self._build_every_block()
@@ -65,8 +68,7 @@ class Supernet(keras.Model):
     def call(self, images, path, training=None):
         x = self.ds(self.stem(images, training=training), training=training)
         for position, row in enumerate(self.choice_blocks):
-            x = tf.switch_case(path[position], [functools.partial(block, x, training=training)
-                                                for block in row])
+            x = tf.switch_case(path[position], [functools.partial(block, x, training=training) for block in row])
         return self.head(self.last(x, training=training), training=training)
 
     # --- which variables a path uses ------------------------------------------------------
@@ -74,8 +76,12 @@ class Supernet(keras.Model):
     @functools.cached_property
     def _owner(self) -> dict[int, tuple[int, int]]:
         """id(variable) -> (position, choice) for candidate-block variables."""
-        return {id(v): (p, c) for p, row in enumerate(self.choice_blocks)
-                for c, block in enumerate(row) for v in block.weights}
+        return {
+            id(v): (p, c)
+            for p, row in enumerate(self.choice_blocks)
+            for c, block in enumerate(row)
+            for v in block.weights
+        }
 
     def groups(self, variables) -> tuple[list[list[int]], list]:
         """Splits `variables` by the block they belong to: (index groups, owner per group),

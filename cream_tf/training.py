@@ -53,8 +53,19 @@ class TrainingRun:
     `checkpoint_variables()`, `host_state()`/`set_host_state()`, `callbacks()` and `end_epoch()`.
     """
 
-    def __init__(self, model_dir, strategy, *, seed: int, deterministic: bool, data_config: DataConfig,
-                 split: str, steps_per_epoch: int, epochs: int, checkpoint_every: int = 1):
+    def __init__(
+        self,
+        model_dir,
+        strategy,
+        *,
+        seed: int,
+        deterministic: bool,
+        data_config: DataConfig,
+        split: str,
+        steps_per_epoch: int,
+        epochs: int,
+        checkpoint_every: int = 1,
+    ):
         self.model_dir = Path(model_dir)
         self.strategy = strategy or distribute.make_strategy()
         if deterministic:
@@ -66,8 +77,9 @@ class TrainingRun:
         # The data is checked (present, labels in range) before any model is built.
         self.steps_per_epoch = steps_per_epoch or data.num_examples(data_config, split) // data_config.batch_size
         if self.steps_per_epoch < 1:
-            raise ValueError(f"Split {split!r} has fewer images than one batch of {data_config.batch_size}; "
-                             "lower data.batch_size.")
+            raise ValueError(
+                f"Split {split!r} has fewer images than one batch of {data_config.batch_size}; lower data.batch_size."
+            )
         self.epoch = 0
         self.writer = None
         self._checkpoint = None
@@ -101,9 +113,17 @@ class TrainingRun:
 
         def per_worker(context):
             batch = context.get_per_replica_batch_size(config.batch_size)
-            epochs = [data.load(config, self.split, training=True, repeat=True, batch_size=batch,
-                                seed=self.seed * 1000 + epoch + PIPELINE_STRIDE * context.input_pipeline_id)
-                      .take(steps) for epoch in range(first, self.epochs)]
+            epochs = [
+                data.load(
+                    config,
+                    self.split,
+                    training=True,
+                    repeat=True,
+                    batch_size=batch,
+                    seed=self.seed * 1000 + epoch + PIPELINE_STRIDE * context.input_pipeline_id,
+                ).take(steps)
+                for epoch in range(first, self.epochs)
+            ]
             return functools.reduce(tf.data.Dataset.concatenate, epochs)
 
         return self.strategy.distribute_datasets_from_function(per_worker)
@@ -113,14 +133,18 @@ class TrainingRun:
     @property
     def checkpoint(self) -> tf.train.Checkpoint:
         if self._checkpoint is None:
-            self._checkpoint = tf.train.Checkpoint(**{name: folders.Slots(variables) for name, variables
-                                                      in self.checkpoint_variables().items()})
+            self._checkpoint = tf.train.Checkpoint(
+                **{name: folders.Slots(variables) for name, variables in self.checkpoint_variables().items()}
+            )
         return self._checkpoint
 
     def save(self) -> None:
         # Every worker takes part in saving; only the chief's copy is kept.
-        directory = (self.model_dir / folders.CHECKPOINTS if self.is_chief
-                     else Path(tempfile.mkdtemp(prefix="cream-worker-checkpoint-")))
+        directory = (
+            self.model_dir / folders.CHECKPOINTS
+            if self.is_chief
+            else Path(tempfile.mkdtemp(prefix="cream-worker-checkpoint-"))
+        )
         directory.mkdir(parents=True, exist_ok=True)
         path = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=2).save()
         if not self.is_chief:
@@ -161,9 +185,15 @@ class TrainingRun:
             self.writer = tf.summary.create_file_writer(str(self.model_dir / folders.TENSORBOARD))
         self.restore()
         if self.epoch < self.epochs:
-            self.trainer.fit(self.dataset(), epochs=self.epochs, initial_epoch=self.epoch,
-                           steps_per_epoch=self.steps_per_epoch, shuffle=False, verbose=0,
-                           callbacks=[*self.callbacks(), _EpochEnd(self, stop_at_epoch)])
+            self.trainer.fit(
+                self.dataset(),
+                epochs=self.epochs,
+                initial_epoch=self.epoch,
+                steps_per_epoch=self.steps_per_epoch,
+                shuffle=False,
+                verbose=0,
+                callbacks=[*self.callbacks(), _EpochEnd(self, stop_at_epoch)],
+            )
         return self.epoch >= self.epochs
 
 
@@ -198,8 +228,11 @@ class Progress(keras.callbacks.Callback):
         self.bar = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.bar = keras.utils.Progbar(self.run.steps_per_epoch, stateful_metrics=self.stateful,
-                                       verbose=(1 if sys.stdout.isatty() else 2) if self.run.is_chief else 0)
+        self.bar = keras.utils.Progbar(
+            self.run.steps_per_epoch,
+            stateful_metrics=self.stateful,
+            verbose=(1 if sys.stdout.isatty() else 2) if self.run.is_chief else 0,
+        )
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(batch + 1, self.values(logs or {}))

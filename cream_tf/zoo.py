@@ -28,7 +28,10 @@ ZOO_FILE = Path(__file__).resolve().parents[1] / "zoo" / "published.json"
 # Preprocessing of the published ImageNet models (official retrain settings): RGB scaled to
 # [0, 1], then normalized per channel; evaluation resizes and center-crops 0.875.
 IMAGENET_PREPROCESSING = {
-    "color": "RGB", "scale": "x / 255", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+    "color": "RGB",
+    "scale": "x / 255",
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
     "eval_resize": "resize shorter side to input_size / 0.875 (bilinear), center crop input_size",
 }
 
@@ -56,8 +59,9 @@ def arch_of(name: str, **settings) -> Arch:
     return Arch.parse(entry(name)["arch"]).replace(**settings)
 
 
-def build(name: str, num_classes: int | None = None, weights: str | None = None, use_ema: bool = True,
-          **settings) -> keras.Model:
+def build(
+    name: str, num_classes: int | None = None, weights: str | None = None, use_ema: bool = True, **settings
+) -> keras.Model:
     """Builds zoo model `name` as a functional Keras model.
 
     Args:
@@ -87,11 +91,16 @@ def load_weights_from(model: keras.Model, source) -> None:
     if path.is_dir():
         path = path / "model.keras"
     if path.suffix != ".keras" or not path.is_file():
-        raise ValueError(f"weights={str(source)!r} is not a .keras file or a zoo entry folder holding "
-                         "model.keras, nor a PyTorch checkpoint (" + ", ".join(convert.CHECKPOINT_SUFFIXES)
-                         + "); valid are None or such a path.")
+        raise ValueError(
+            f"weights={str(source)!r} is not a .keras file or a zoo entry folder holding "
+            "model.keras, nor a PyTorch checkpoint ("
+            + ", ".join(convert.CHECKPOINT_SUFFIXES)
+            + "); valid are None or such a path."
+        )
     donor = keras.models.load_model(path, compile=False)
     if [tuple(w.shape) for w in donor.weights] != [tuple(w.shape) for w in model.weights]:
-        raise ValueError(f"The weights in {str(path)!r} are for a different architecture than "
-                         f"{model.name!r} (input {model.input_shape}, output {model.output_shape}).")
+        raise ValueError(
+            f"The weights in {str(path)!r} are for a different architecture than "
+            f"{model.name!r} (input {model.input_shape}, output {model.output_shape})."
+        )
     model.set_weights(donor.get_weights())

@@ -29,8 +29,9 @@ from cream_tf.search.board import Entry, PrioritizedBoard  # noqa: E402
 from cream_tf.search.trainer import CreamTrainer  # noqa: E402
 from cream_tf.supernet import Supernet  # noqa: E402
 
-SPACE = SearchSpace.create((1, 1, 1, 1, 1), input_size=16, in_channels=1, num_classes=10,
-                           stem_stride=1, stem_channels=8, dropout=0.0)  # dropout masks differ per replica
+SPACE = SearchSpace.create(
+    (1, 1, 1, 1, 1), input_size=16, in_channels=1, num_classes=10, stem_stride=1, stem_channels=8, dropout=0.0
+)  # dropout masks differ per replica
 BATCH = 16
 
 
@@ -71,8 +72,14 @@ def train(strategy, steps, initial=None, meta=True):
         trainer.set_step(path, 0.1, distill, meta=distill and meta)
         capture = Capture()
         # Keras splits the global batch over the replicas, as it does in the search.
-        trainer.fit(tf.data.Dataset.from_tensor_slices(batch(step)).batch(BATCH), epochs=1, steps_per_epoch=1,
-                    shuffle=False, verbose=0, callbacks=[capture])
+        trainer.fit(
+            tf.data.Dataset.from_tensor_slices(batch(step)).batch(BATCH),
+            epochs=1,
+            steps_per_epoch=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[capture],
+        )
         out = capture.logs
         if board.offer(Entry(tuple(path), float(out["correct"]), step, out["images"], out["probs"])):
             trainer.load_board(board)
@@ -92,8 +99,15 @@ if MODE == "mirrored":
     initial = list(train(one, 0)[0].values())
     a = train(one, 2, initial)
     b = train(two, 2, initial)
-    np.savez(OUT, **{f"{kind}/{step}/{k}": v for kind, runs in (("one", a), ("two", b))
-                     for step, snapshot in enumerate(runs, start=1) for k, v in snapshot.items()})
+    np.savez(
+        OUT,
+        **{
+            f"{kind}/{step}/{k}": v
+            for kind, runs in (("one", a), ("two", b))
+            for step, snapshot in enumerate(runs, start=1)
+            for k, v in snapshot.items()
+        },
+    )
 else:
     # Two steps: a warm-up step that fills the board, then a meta step and one that distils from it.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()

@@ -8,8 +8,16 @@ from cream_tf.arch import CHOICES, Arch, SearchSpace, block_specs, make_divisibl
 
 
 def test_canonical_string_round_trips_every_field():
-    arch = Arch(((3,), (3, 1), (3, 1), (3, 3, 3), (3, 3)), input_size=28, in_channels=1,
-                num_classes=10, stem_channels=24, stem_stride=1, dropout=0.1, drop_path=0.05)
+    arch = Arch(
+        ((3,), (3, 1), (3, 1), (3, 3, 3), (3, 3)),
+        input_size=28,
+        in_channels=1,
+        num_classes=10,
+        stem_channels=24,
+        stem_stride=1,
+        dropout=0.1,
+        drop_path=0.05,
+    )
     text = str(arch)
     assert text == "[3][3,1][3,1][3,3,3][3,3]@28;in=1;classes=10;stem=24/1;dropout=0.1;drop_path=0.05"
     assert Arch.parse(text) == arch
@@ -42,17 +50,20 @@ def test_block_specs_follow_the_search_space_table():
     assert specs[-1].out_size == 7 and specs[-1].out_channels == 320
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[3][3,3]", "Malformed architecture string"),
-    ("3-3-3-3-3", "Malformed architecture string"),
-    ("[3][3][3][3][6]", "Choice index 6 in stage 5 is out of range; valid is 0..5"),
-    ("[3][3][3][3][3,3,3,3,3,3,3]", "Stage 5 (c192) has 7 blocks; valid is 1..6"),
-    ("[3][3][3][3][3]@16", "input_size 16 is too small"),
-    ("[3][3][3][3][3];colour=1", "Malformed setting 'colour=1'"),
-    ("[3][3][3][3][3];classes=ten", "not a number"),
-    ("[3][3][3][3][3];classes=0", "num_classes must be an integer >= 1; got 0"),
-    ("[3][3][3][3][3];dropout=1.5", "dropout must be in [0, 1); got 1.5"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[3][3,3]", "Malformed architecture string"),
+        ("3-3-3-3-3", "Malformed architecture string"),
+        ("[3][3][3][3][6]", "Choice index 6 in stage 5 is out of range; valid is 0..5"),
+        ("[3][3][3][3][3,3,3,3,3,3,3]", "Stage 5 (c192) has 7 blocks; valid is 1..6"),
+        ("[3][3][3][3][3]@16", "input_size 16 is too small"),
+        ("[3][3][3][3][3];colour=1", "Malformed setting 'colour=1'"),
+        ("[3][3][3][3][3];classes=ten", "not a number"),
+        ("[3][3][3][3][3];classes=0", "num_classes must be an integer >= 1; got 0"),
+        ("[3][3][3][3][3];dropout=1.5", "dropout must be in [0, 1); got 1.5"),
+    ],
+)
 def test_bad_strings_are_rejected_with_the_value_and_what_is_valid(text, message):
     with pytest.raises(ValueError) as error:
         Arch.parse(text)
@@ -89,8 +100,11 @@ def test_each_choice_decodes_to_the_kernel_and_expansion_timm_builds(choice):
         # Every stage width times 4 or 6 is a multiple of 8, so the expanded width is exact.
         assert spec.mid_channels == spec.in_channels * expansion, spec.name
         assert (spec.in_channels, spec.mid_channels, spec.out_channels, spec.se_channels) == (
-            theirs.conv_pw.in_channels, theirs.conv_pw.out_channels, theirs.conv_pwl.out_channels,
-            theirs.se.conv_reduce.out_channels), spec.name
+            theirs.conv_pw.in_channels,
+            theirs.conv_pw.out_channels,
+            theirs.conv_pwl.out_channels,
+            theirs.se.conv_reduce.out_channels,
+        ), spec.name
 
 
 def test_choices_are_six_distinct_kernel_expansion_pairs():

@@ -23,8 +23,13 @@ HELPERS = sorted(p.name for p in BENCHMARKS.glob("_*.py"))
 @functools.cache
 def _smoke_run(script: str) -> subprocess.CompletedProcess:
     # One run per script per session, however many tests read it (and also when it fails).
-    return subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], cwd=BENCHMARKS.parent,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--smoke"],
+        cwd=BENCHMARKS.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def run_smoke(script: str) -> str:
@@ -92,8 +97,11 @@ def test_inference_latency_smoke():
     output = run_smoke("inference_latency.py")
     latency = table_with(output, "latency (ms)")
     assert {(row["threads"], row["runtime"]) for row in latency} == {
-        ("1", "Keras (tf.function)"), ("1", "TFLite float32 (XNNPACK)"), ("1", "TFLite int8 (XNNPACK)"),
-        ("1", "ONNX Runtime float32 (timm export)")}
+        ("1", "Keras (tf.function)"),
+        ("1", "TFLite float32 (XNNPACK)"),
+        ("1", "TFLite int8 (XNNPACK)"),
+        ("1", "ONNX Runtime float32 (timm export)"),
+    }
     for row in latency:
         positive(row["latency (ms)"]), positive(row["speed vs ONNX Runtime"])
     comparisons = {row["comparison"]: row for row in table_with(output, "speed-up")}
@@ -150,8 +158,10 @@ def run_all_scripts() -> list[str]:
 def test_run_all_runs_every_script_once():
     assert SCRIPTS, "no benchmark scripts found"
     run = run_all_scripts()
-    assert sorted(run) == SCRIPTS, (f"benchmarks/run_all.sh runs {sorted(run)}; the benchmark scripts are "
-                                    f"{SCRIPTS}: add a `run <script>.py` line for each one")
+    assert sorted(run) == SCRIPTS, (
+        f"benchmarks/run_all.sh runs {sorted(run)}; the benchmark scripts are "
+        f"{SCRIPTS}: add a `run <script>.py` line for each one"
+    )
 
 
 def test_helper_modules_are_not_scripts():

@@ -15,8 +15,9 @@ def _assert_matches_timm(arch, reference):
     randomize_bn(reference)
     model = build_child(arch)
     load_state_dict(model, numpy_state_dict(reference))
-    images = np.random.default_rng(0).normal(
-        size=(2, arch.input_size, arch.input_size, arch.in_channels)).astype("float32")
+    images = (
+        np.random.default_rng(0).normal(size=(2, arch.input_size, arch.input_size, arch.in_channels)).astype("float32")
+    )
     expected = logits(reference, images)
     got = model(images, training=False).numpy()
     assert np.abs(expected).max() > 1e-2  # logits large enough for the comparison to mean something

@@ -54,16 +54,14 @@ def max_difference(keras_model, torch_model, images):
 def test_official_checkpoint_gives_pytorch_logits(name, tmp_path):
     model = reference(name)
     path = tmp_path / f"{name}.pth.tar"
-    torch.save({"epoch": 499, "state_dict": shifted(model.state_dict()), "state_dict_ema": model.state_dict()},
-               path)
+    torch.save({"epoch": 499, "state_dict": shifted(model.state_dict()), "state_dict_ema": model.state_dict()}, path)
     converted = zoo.build(name, weights=str(path))
     assert converted.output_shape == (None, 1000)
     assert max_difference(converted, model, images_for(name)) <= TOLERANCE
 
 
 def _main(*args):
-    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True,
-                          cwd=REPO)
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True, cwd=REPO)
 
 
 def _tflite_logits(path, images):
@@ -79,11 +77,17 @@ def test_cli_convert_writes_an_entry_whose_every_format_gives_pytorch_logits(nam
     model = reference(name, seed=1)
     wanted, other = model.state_dict(), shifted(model.state_dict())
     checkpoint = tmp_path / f"{name}.pth.tar"
-    torch.save({"state_dict": wanted if not use_ema else other,
-                "state_dict_ema": wanted if use_ema else other}, checkpoint)
+    torch.save(
+        {"state_dict": wanted if not use_ema else other, "state_dict_ema": wanted if use_ema else other}, checkpoint
+    )
     entry = tmp_path / "entry"
-    result = _main("--mode=convert", f"--zoo={name}", f"--checkpoint={checkpoint}", f"--output_dir={entry}",
-                   *([] if use_ema else ["--nouse_ema"]))
+    result = _main(
+        "--mode=convert",
+        f"--zoo={name}",
+        f"--checkpoint={checkpoint}",
+        f"--output_dir={entry}",
+        *([] if use_ema else ["--nouse_ema"]),
+    )
     assert result.returncode == 0, result.stderr
 
     meta = json.loads((entry / "metadata.json").read_text())
@@ -109,8 +113,9 @@ def test_cli_convert_writes_an_entry_whose_every_format_gives_pytorch_logits(nam
 def test_cli_convert_of_a_checkpoint_for_another_architecture_writes_nothing(tmp_path):
     checkpoint = tmp_path / "cream_43.pth.tar"
     torch.save({"state_dict": reference("cream_43").state_dict()}, checkpoint)
-    result = _main("--mode=convert", "--zoo=cream_14", f"--checkpoint={checkpoint}",
-                   f"--output_dir={tmp_path / 'entry'}")
+    result = _main(
+        "--mode=convert", "--zoo=cream_14", f"--checkpoint={checkpoint}", f"--output_dir={tmp_path / 'entry'}"
+    )
     assert result.returncode != 0
     # cream_43 has three blocks in stage 4 where cream_14 has one, and a 3x3 kernel in blocks.2.1.
     assert "unexpected keys (" in result.stderr and "blocks.4.1.conv_pw.weight" in result.stderr
@@ -118,8 +123,10 @@ def test_cli_convert_of_a_checkpoint_for_another_architecture_writes_nothing(tmp
     assert [p.name for p in tmp_path.iterdir()] == ["cream_43.pth.tar"]
 
 
-@pytest.mark.parametrize("layout, weights", [
-    ("module_prefix", "state_dict"), ("bare", "bare state dict"), ("bare_module_prefix", "bare state dict")])
+@pytest.mark.parametrize(
+    "layout, weights",
+    [("module_prefix", "state_dict"), ("bare", "bare state dict"), ("bare_module_prefix", "bare state dict")],
+)
 def test_checkpoint_layouts_and_class_count_from_the_classifier(layout, weights, tmp_path):
     model = reference("cream_14", num_classes=10)
     prefix = "module." if layout.endswith("module_prefix") else ""
@@ -141,7 +148,10 @@ def test_ema_weights_are_taken_unless_use_ema_is_false(tmp_path):
     for use_ema, source, weights in [(True, ema, "state_dict_ema"), (False, raw, "state_dict")]:
         assert max_difference(zoo.build("cream_14", weights=str(path), use_ema=use_ema), source, images) <= TOLERANCE
         assert convert.read_checkpoint(path, use_ema=use_ema).metadata() == {
-            "path": str(path.resolve()), "weights": weights, "use_ema": use_ema}
+            "path": str(path.resolve()),
+            "weights": weights,
+            "use_ema": use_ema,
+        }
 
 
 def test_use_ema_takes_state_dict_when_there_is_no_ema_but_not_the_reverse(tmp_path):
@@ -149,16 +159,22 @@ def test_use_ema_takes_state_dict_when_there_is_no_ema_but_not_the_reverse(tmp_p
     torch.save({"state_dict": state_dict}, tmp_path / "raw.pth.tar")
     torch.save({"state_dict_ema": state_dict}, tmp_path / "ema.pth.tar")
     assert convert.read_checkpoint(tmp_path / "raw.pth.tar", use_ema=True).weights == "state_dict"
-    with pytest.raises(ValueError, match=r"ema\.pth\.tar' has no 'state_dict' \(use_ema=False\); "
-                                         r"its entries are \['state_dict_ema'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"ema\.pth\.tar' has no 'state_dict' \(use_ema=False\); "
+        r"its entries are \['state_dict_ema'\]",
+    ):
         convert.read_checkpoint(tmp_path / "ema.pth.tar", use_ema=False)
 
 
 def test_num_classes_that_disagrees_with_the_checkpoint_is_an_error(tmp_path):
     path = tmp_path / "ten.pth.tar"
     torch.save({"state_dict": reference("cream_14", num_classes=10).state_dict()}, path)
-    with pytest.raises(ValueError, match=r"num_classes=1000 disagrees with checkpoint .*ten\.pth\.tar', "
-                                         r"whose classifier\.weight has 10 classes; pass 10"):
+    with pytest.raises(
+        ValueError,
+        match=r"num_classes=1000 disagrees with checkpoint .*ten\.pth\.tar', "
+        r"whose classifier\.weight has 10 classes; pass 10",
+    ):
         zoo.build("cream_14", num_classes=1000, weights=str(path))
     assert zoo.build("cream_14", num_classes=10, weights=str(path)).output_shape == (None, 10)
 
@@ -175,12 +191,18 @@ def _shrink_a_kernel(state_dict):
     state_dict["blocks.2.0.conv_dw.weight"] = torch.zeros(144, 1, 3, 3)  # cream_14 has 5x5 there
 
 
-@pytest.mark.parametrize("change, message", [
-    (_drop_head_bias, r"missing keys \(1\): conv_head\.bias$"),
-    (_add_stray_block, r"unexpected keys \(1\): blocks\.7\.0\.conv\.weight$"),
-    (_shrink_a_kernel, r"first shape mismatch: blocks\.2\.0\.conv_dw\.weight: checkpoint shape \(144, 1, 3, 3\) "
-                       r"does not fit layer 'blocks_2_0_conv_dw' weight of shape \(5, 5, 144, 1\)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_drop_head_bias, r"missing keys \(1\): conv_head\.bias$"),
+        (_add_stray_block, r"unexpected keys \(1\): blocks\.7\.0\.conv\.weight$"),
+        (
+            _shrink_a_kernel,
+            r"first shape mismatch: blocks\.2\.0\.conv_dw\.weight: checkpoint shape \(144, 1, 3, 3\) "
+            r"does not fit layer 'blocks_2_0_conv_dw' weight of shape \(5, 5, 144, 1\)",
+        ),
+    ],
+)
 def test_a_checkpoint_that_does_not_fit_names_what_is_wrong(change, message, tmp_path):
     state_dict = reference("cream_14").state_dict()
     change(state_dict)
@@ -194,11 +216,16 @@ def test_files_that_are_not_checkpoints_are_named_in_the_error(tmp_path):
     (tmp_path / "notes.pth.tar").write_text("not a checkpoint")
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     torch.save({"epoch": 3}, tmp_path / "no_weights.pt")
-    for name, message in [("notes.pth.tar", "is not a PyTorch checkpoint that loads safely"),
-                          ("list.pth", "holds a list; expected a state dict"),
-                          ("no_weights.pt", r"is not a state dict and has no 'state_dict' or 'state_dict_ema'; "
-                                            r"its entries are \['epoch'\]"),
-                          ("absent.pth.tar", "does not exist or is not a file")]:
+    for name, message in [
+        ("notes.pth.tar", "is not a PyTorch checkpoint that loads safely"),
+        ("list.pth", "holds a list; expected a state dict"),
+        (
+            "no_weights.pt",
+            r"is not a state dict and has no 'state_dict' or 'state_dict_ema'; "
+            r"its entries are \['epoch'\]",
+        ),
+        ("absent.pth.tar", "does not exist or is not a file"),
+    ]:
         with pytest.raises(ValueError, match=f"{name}' {message}"):
             zoo.build("cream_14", weights=str(tmp_path / name))
 
@@ -216,8 +243,11 @@ def test_only_plain_option_objects_are_loaded_beside_the_weights(tmp_path):
     assert convert.read_checkpoint(timm_style).num_classes == 2
     custom = tmp_path / "custom.pth.tar"
     torch.save({"state_dict": state_dict, "args": TrainingConfig()}, custom)
-    with pytest.raises(ValueError, match=r"(?s)custom\.pth\.tar' is not a PyTorch checkpoint that loads safely "
-                                         r"\(torch\.load with weights_only=True failed: .*TrainingConfig"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)custom\.pth\.tar' is not a PyTorch checkpoint that loads safely "
+        r"\(torch\.load with weights_only=True failed: .*TrainingConfig",
+    ):
         convert.read_checkpoint(custom)
 
 

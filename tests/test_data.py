@@ -22,8 +22,9 @@ def fashion_mnist_installed():
         return False
 
 
-needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist_installed(),
-                                         reason="needs `sudo apt-get install dataset-fashion-mnist`")
+needs_fashion_mnist = pytest.mark.skipif(
+    not fashion_mnist_installed(), reason="needs `sudo apt-get install dataset-fashion-mnist`"
+)
 
 
 def noise_image(seed, size=32):
@@ -46,8 +47,9 @@ def write_folder(root, per_class=(3, 3), val_per_class=1, size=32):
 
 
 def folder_config(root, **settings):
-    defaults = dict(name="folder", data_dir=str(root), image_size=24, channels=3, num_classes=2,
-                    validation_size=2, batch_size=4)
+    defaults = dict(
+        name="folder", data_dir=str(root), image_size=24, channels=3, num_classes=2, validation_size=2, batch_size=4
+    )
     return DataConfig(**{**defaults, **settings})
 
 
@@ -64,8 +66,9 @@ def write_tfrecords(root, labels_per_file, size=16):
             for label in labels:
                 image = np.full((size, size, 3), 20 * (label + 1), np.uint8)
                 feature = {
-                    "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
-                        value=[tf.io.encode_jpeg(image).numpy()])),
+                    "image/encoded": tf.train.Feature(
+                        bytes_list=tf.train.BytesList(value=[tf.io.encode_jpeg(image).numpy()])
+                    ),
                     "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
                 }
                 writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
@@ -92,14 +95,16 @@ def test_folder_splits_are_disjoint_and_fixed_by_the_seed(tmp_path):
 
     def keys(images):  # each test image is distinct noise, so a rounded image identifies it
         return {np.round(im, 3).tobytes() for im in images}
+
     train, validation, full = keys(raw["train"][0]), keys(raw["validation"][0]), keys(raw["train_full"][0])
     assert len(train) == 5 and len(validation) == 3
     assert not train & validation and train | validation == full
     assert not keys(raw["test"][0]) & full
     again = everything(data.load(config, "validation", training=False))[0]
     np.testing.assert_array_equal(again, raw["validation"][0])
-    other_seed = everything(data.load(folder_config(tmp_path, validation_size=3, image_size=32, seed=1),
-                                      "validation", training=False))[0]
+    other_seed = everything(
+        data.load(folder_config(tmp_path, validation_size=3, image_size=32, seed=1), "validation", training=False)
+    )[0]
     assert keys(other_seed) != validation
     assert len(written) == 12
 
@@ -162,8 +167,9 @@ def test_rgb_normalization_uses_imagenet_statistics_per_channel(tmp_path):
 
 
 def test_preprocessing_metadata_records_what_evaluation_does():
-    imagenet = data.preprocessing_metadata(DataConfig(name="tfrecord", data_dir="/x", image_size=224,
-                                                      channels=3, num_classes=1000))
+    imagenet = data.preprocessing_metadata(
+        DataConfig(name="tfrecord", data_dir="/x", image_size=224, channels=3, num_classes=1000)
+    )
     assert imagenet["mean"] == [0.485, 0.456, 0.406] and imagenet["std"] == [0.229, 0.224, 0.225]
     assert imagenet["color"] == "RGB" and imagenet["resize_shorter_side"] == 256
     assert imagenet["crop_fraction"] == 0.875 and imagenet["input_size"] == 224
@@ -205,10 +211,20 @@ def test_corrupt_and_unreadable_images_are_skipped_and_named(tmp_path, caplog):
 
 
 def test_tfrecord_round_trip_with_one_based_labels(tmp_path):
-    write_tfrecords(tmp_path, {"train-00000-of-00002": [1, 2, 3], "train-00001-of-00002": [4, 5, 6],
-                               "validation-00000-of-00001": [6, 1]})
-    config = DataConfig(name="tfrecord", data_dir=str(tmp_path), image_size=16, channels=3,
-                        num_classes=6, validation_size=2, label_offset=-1, batch_size=8)
+    write_tfrecords(
+        tmp_path,
+        {"train-00000-of-00002": [1, 2, 3], "train-00001-of-00002": [4, 5, 6], "validation-00000-of-00001": [6, 1]},
+    )
+    config = DataConfig(
+        name="tfrecord",
+        data_dir=str(tmp_path),
+        image_size=16,
+        channels=3,
+        num_classes=6,
+        validation_size=2,
+        label_offset=-1,
+        batch_size=8,
+    )
     assert [data.num_examples(config, s) for s in data.SPLITS] == [4, 2, 2, 6]
 
     def gray_levels_and_labels(split):
@@ -229,8 +245,9 @@ def test_tfrecord_round_trip_with_one_based_labels(tmp_path):
 
 def test_tfrecord_labels_out_of_range_stop_the_pipeline_with_a_clear_message(tmp_path):
     write_tfrecords(tmp_path, {"train-0": [1, 2, 3], "validation-0": [1]})
-    config = DataConfig(name="tfrecord", data_dir=str(tmp_path), image_size=16, channels=3,
-                        num_classes=3, validation_size=0)  # label_offset=0 leaves 3 out of range
+    config = DataConfig(
+        name="tfrecord", data_dir=str(tmp_path), image_size=16, channels=3, num_classes=3, validation_size=0
+    )  # label_offset=0 leaves 3 out of range
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"valid labels are 0\.\.2.*label_offset=0"):
         everything(data.load(config, "train", training=False))
 
@@ -291,26 +308,33 @@ def test_integer_randaugment_ops_accept_tensor_arguments_in_graphs():
 
     @tf.function
     def ops(bits, threshold, addition):
-        return (augment.posterize(pixels, bits), augment.solarize(pixels, threshold),
-                augment.solarize_add(pixels, addition, threshold))
+        return (
+            augment.posterize(pixels, bits),
+            augment.solarize(pixels, threshold),
+            augment.solarize_add(pixels, addition, threshold),
+        )
+
     posterized, solarized, added = ops(tf.constant(3), tf.constant(200), tf.constant(100))
     np.testing.assert_array_equal(posterized, numpy_pixels & 0b11100000)
     np.testing.assert_array_equal(solarized, np.where(numpy_pixels < 200, numpy_pixels, 255 - numpy_pixels))
-    np.testing.assert_array_equal(added, np.where(numpy_pixels < 200, np.minimum(numpy_pixels + 100, 255),
-                                                  numpy_pixels))
+    np.testing.assert_array_equal(
+        added, np.where(numpy_pixels < 200, np.minimum(numpy_pixels + 100, 255), numpy_pixels)
+    )
     assert posterized.dtype == tf.uint8 and solarized.dtype == tf.uint8 and added.dtype == tf.uint8
 
 
 def test_randaugment_leaves_model_gardens_op_table_alone(tmp_path):
     from official.vision.ops import augment as augment_ops
 
-    originals = {"Posterize": augment_ops.posterize, "Solarize": augment_ops.solarize,
-                 "SolarizeAdd": augment_ops.solarize_add}
+    originals = {
+        "Posterize": augment_ops.posterize,
+        "Solarize": augment_ops.solarize,
+        "SolarizeAdd": augment_ops.solarize_add,
+    }
     before = dict(augment_ops.NAME_TO_FUNC)
     assert {name: before[name] for name in originals} == originals  # not replaced at import either
     write_folder(tmp_path)
-    config = folder_config(tmp_path, augment="randaugment", randaugment_layers=1,
-                           randaugment_magnitude_std=0.5)
+    config = folder_config(tmp_path, augment="randaugment", randaugment_layers=1, randaugment_magnitude_std=0.5)
     images, _ = everything(data.load(config, "train_full", training=True, seed=0))
     assert np.isfinite(images).all()
     assert before == augment_ops.NAME_TO_FUNC
@@ -320,8 +344,9 @@ def test_random_erasing_runs_in_the_pipeline_on_grayscale(tmp_path):
     write_folder(tmp_path, per_class=(3, 3))
     settings = dict(channels=1, augment="none", batch_size=6)
     plain, _ = everything(data.load(folder_config(tmp_path, **settings), "train_full", training=False))
-    erased, _ = everything(data.load(folder_config(tmp_path, random_erasing=1.0, **settings), "train_full",
-                                     training=True))
+    erased, _ = everything(
+        data.load(folder_config(tmp_path, random_erasing=1.0, **settings), "train_full", training=True)
+    )
     for image in erased:  # the same image with a rectangle of noise: mostly equal, not all
         same = (np.abs(plain - image) < 1e-6).reshape(6, -1).mean(axis=1).max()
         assert 0.6 <= same < 1.0
@@ -342,6 +367,7 @@ def test_a_seed_fixes_order_and_augmentation_whatever_ran_before(tmp_path, op_de
 
     def batches(seed, config=config):
         return everything(data.load(config, "train_full", training=True, seed=seed, repeat=True).take(3))
+
     tf.random.set_seed(0)  # the run's global seed, as Search and Retrain set it once at the start
     first = batches(7)
     tf.random.uniform(())  # other random work in between moves TensorFlow's op-seed counter
@@ -355,7 +381,8 @@ def test_a_seed_fixes_order_and_augmentation_whatever_ran_before(tmp_path, op_de
         (tmp_path / "same" / "train" / f"class_{label}").mkdir(parents=True)
         for i in range(2):
             (tmp_path / "same" / "train" / f"class_{label}" / f"{i}.png").write_bytes(
-                tf.io.encode_png(noise_image(0)).numpy())
+                tf.io.encode_png(noise_image(0)).numpy()
+            )
     crops = [np.sort(batches(seed, one)[0].reshape(12, -1), axis=0) for seed in (7, 8)]
     assert not np.array_equal(*crops)
 
@@ -363,8 +390,7 @@ def test_a_seed_fixes_order_and_augmentation_whatever_ran_before(tmp_path, op_de
 @pytest.mark.parametrize("mixup_alpha,cutmix_alpha", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
 def test_mixup_and_cutmix_give_soft_labels_that_sum_to_one(tmp_path, mixup_alpha, cutmix_alpha):
     write_folder(tmp_path, per_class=(3, 3))
-    config = folder_config(tmp_path, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, batch_size=6,
-                           channels=1)
+    config = folder_config(tmp_path, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, batch_size=6, channels=1)
     dataset = data.load(config, "train_full", training=True, repeat=True, seed=0)
     assert dataset.element_spec[1] == tf.TensorSpec([6, 2], tf.float32)
     labels = np.concatenate([y.numpy() for _, y in dataset.take(8)])
@@ -385,9 +411,16 @@ def test_both_distribution_apis_accept_the_dataset(tmp_path):
     assert dataset.element_spec[0].shape == (4, 24, 24, 3)  # static batch while training
     images, _ = next(iter(strategy.experimental_distribute_dataset(dataset)))
     assert images.shape == (4, 24, 24, 3)
-    per_pipeline = strategy.distribute_datasets_from_function(lambda ctx: data.load(
-        config, "train", training=True, repeat=True, seed=ctx.input_pipeline_id,
-        batch_size=ctx.get_per_replica_batch_size(config.batch_size)))
+    per_pipeline = strategy.distribute_datasets_from_function(
+        lambda ctx: data.load(
+            config,
+            "train",
+            training=True,
+            repeat=True,
+            seed=ctx.input_pipeline_id,
+            batch_size=ctx.get_per_replica_batch_size(config.batch_size),
+        )
+    )
     images, labels = next(iter(per_pipeline))
     assert images.shape == (4, 24, 24, 3) and labels.shape == (4,)
 

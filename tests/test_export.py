@@ -19,8 +19,13 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 def entry(tmp_path_factory):
     arch = zoo.arch_of("cream_14", num_classes=10)
     model = zoo.build("cream_14", num_classes=10)
-    path = export.write_entry(model, arch, tmp_path_factory.mktemp("zoo") / "cream_14",
-                              weights_source="random initialization", preprocessing=zoo.IMAGENET_PREPROCESSING)
+    path = export.write_entry(
+        model,
+        arch,
+        tmp_path_factory.mktemp("zoo") / "cream_14",
+        weights_source="random initialization",
+        preprocessing=zoo.IMAGENET_PREPROCESSING,
+    )
     images = np.random.default_rng(0).normal(size=(3, 64, 64, 3)).astype("float32")
     return path, model, arch, images, model(images, training=False).numpy()
 
@@ -28,7 +33,11 @@ def entry(tmp_path_factory):
 def test_entry_folder_holds_every_format(entry):
     path = entry[0]
     assert sorted(p.name for p in path.iterdir()) == [
-        "metadata.json", "model.keras", "model_float32.tflite", "saved_model"]
+        "metadata.json",
+        "model.keras",
+        "model_float32.tflite",
+        "saved_model",
+    ]
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
 
 
@@ -48,8 +57,8 @@ def test_keras_file_loads_in_a_fresh_process_without_cream_tf(entry, tmp_path):
     np.save(tmp_path / "images.npy", images)
     script = textwrap.dedent(f"""
         import sys, numpy as np, keras
-        model = keras.models.load_model({str(path / 'model.keras')!r})
-        np.save({str(tmp_path / 'out.npy')!r}, model(np.load({str(tmp_path / 'images.npy')!r}), training=False))
+        model = keras.models.load_model({str(path / "model.keras")!r})
+        np.save({str(tmp_path / "out.npy")!r}, model(np.load({str(tmp_path / "images.npy")!r}), training=False))
         assert not any(m.startswith("cream_tf") for m in sys.modules), "cream_tf was imported"
     """)
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
@@ -90,8 +99,9 @@ def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "to_tflite_float", broken)
     arch = zoo.arch_of("cream_14", num_classes=2)
     with pytest.raises(RuntimeError, match="converter failed"):
-        export.write_entry(zoo.build("cream_14", num_classes=2), arch, tmp_path / "entry",
-                           weights_source="x", preprocessing=None)
+        export.write_entry(
+            zoo.build("cream_14", num_classes=2), arch, tmp_path / "entry", weights_source="x", preprocessing=None
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -110,8 +120,7 @@ def test_existing_folder_is_kept_unless_overwrite(tmp_path):
 
 
 def _main(*args):
-    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True,
-                          cwd=REPO)
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True, cwd=REPO)
 
 
 def test_cli_describe_prints_the_table():
@@ -123,18 +132,22 @@ def test_cli_describe_prints_the_table():
 
 
 def test_cli_export_writes_an_entry(tmp_path):
-    result = _main("--mode=export", "--arch=[0][0][0][0][0]@28;in=1;classes=10;stem=8/1",
-                   f"--output_dir={tmp_path / 'tiny'}")
+    result = _main(
+        "--mode=export", "--arch=[0][0][0][0][0]@28;in=1;classes=10;stem=8/1", f"--output_dir={tmp_path / 'tiny'}"
+    )
     assert result.returncode == 0, result.stderr
     meta = json.loads((tmp_path / "tiny" / "metadata.json").read_text())
     assert meta["architecture"]["in_channels"] == 1 and meta["input"]["shape"] == [28, 28, 1]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--mode=describe", "--zoo=cream_9"], "Unknown zoo model 'cream_9'; valid names are cream_14"),
-    (["--mode=describe", "--arch=[3][9][3][3][3]"], "Choice index 9 in stage 2 is out of range"),
-    (["--mode=describe"], "Give exactly one of --zoo=NAME or --arch=STRING"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mode=describe", "--zoo=cream_9"], "Unknown zoo model 'cream_9'; valid names are cream_14"),
+        (["--mode=describe", "--arch=[3][9][3][3][3]"], "Choice index 9 in stage 2 is out of range"),
+        (["--mode=describe"], "Give exactly one of --zoo=NAME or --arch=STRING"),
+    ],
+)
 def test_cli_reports_bad_input(args, message):
     result = _main(*args)
     assert result.returncode != 0

@@ -20,9 +20,17 @@ def test_counts_match_timm_build(name):
     assert cost.macs == pytest.approx(torch_macs, rel=1e-2)
 
 
-@pytest.mark.parametrize("name, mmacs, mparams", [
-    ("cream_14", 14.5, 2.687), ("cream_43", 43.3, 4.404), ("cream_114", 117.1, 4.416),
-    ("cream_287", 290.8, 6.050), ("cream_481", 460.4, 7.713), ("cream_604", 578.7, 9.696)])
+@pytest.mark.parametrize(
+    "name, mmacs, mparams",
+    [
+        ("cream_14", 14.5, 2.687),
+        ("cream_43", 43.3, 4.404),
+        ("cream_114", 117.1, 4.416),
+        ("cream_287", 290.8, 6.050),
+        ("cream_481", 460.4, 7.713),
+        ("cream_604", 578.7, 9.696),
+    ],
+)
 def test_counts_match_reference_figures(name, mmacs, mparams):
     cost = cost_of(zoo.arch_of(name))
     assert round(cost.macs / 1e6, 1) == mmacs
@@ -44,10 +52,13 @@ def _keras_macs(model):
     return total
 
 
-@pytest.mark.parametrize("text", [
-    "[3][3,3][3,3][3][3]@64",
-    "[0][5,4][1,2,3][4,4,4,4,4,4][2]@28;in=1;classes=10;stem=8/1",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[3][3,3][3,3][3][3]@64",
+        "[0][5,4][1,2,3][4,4,4,4,4,4][2]@28;in=1;classes=10;stem=8/1",
+    ],
+)
 def test_counts_match_the_built_keras_model(text):
     arch = Arch.parse(text)
     model = build_child(arch)

@@ -31,16 +31,26 @@ def fashion_mnist_installed():
         return False
 
 
-pytestmark = pytest.mark.skipif(not fashion_mnist_installed(),
-                                reason="needs `sudo apt-get install dataset-fashion-mnist`")
+pytestmark = pytest.mark.skipif(
+    not fashion_mnist_installed(), reason="needs `sudo apt-get install dataset-fashion-mnist`"
+)
 
 
 def tiny_config(**override) -> RetrainConfig:
     """A few steps of batch 32; overrides as 'section.key' keyword pairs."""
-    settings = {"data.batch_size": 32, "train.epochs": 1, "train.steps_per_epoch": 12, "train.optimizer": "sgd",
-                "train.lr": 2.0, "train.warmup_epochs": 0.0, "train.lr_schedule": "cosine",
-                "train.eval_every_epochs": 0, "train.eval_batches": 1, "export.eval_batches": 2,
-                "export.calibration_images": 64}
+    settings = {
+        "data.batch_size": 32,
+        "train.epochs": 1,
+        "train.steps_per_epoch": 12,
+        "train.optimizer": "sgd",
+        "train.lr": 2.0,
+        "train.warmup_epochs": 0.0,
+        "train.lr_schedule": "cosine",
+        "train.eval_every_epochs": 0,
+        "train.eval_batches": 1,
+        "export.eval_batches": 2,
+        "export.calibration_images": 64,
+    }
     settings.update(override)
     return config_lib.load(RetrainConfig, None, ",".join(f"{k}={v}" for k, v in settings.items()))
 
@@ -59,8 +69,9 @@ def trained(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("retrain")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(data, "load", recording_load)
-        trainer = retrain.Retrainer(tiny_config(**{"train.ema_decay": 0.9, "train.ema_warmup": "true"}), TINY,
-                                    model_dir)
+        trainer = retrain.Retrainer(
+            tiny_config(**{"train.ema_decay": 0.9, "train.ema_warmup": "true"}), TINY, model_dir
+        )
         result = trainer.run()
     return trainer, result, model_dir / "entry", calls
 
@@ -82,8 +93,12 @@ def test_ema_averages_every_weight_including_batchnorm_statistics(trained):
         trainer.trainer.train_on_batch(images, labels)
         step = int(trainer.optimizer.iterations.numpy())  # 13: TF's warm-up still holds the decay below 0.9
         decay = min(0.9, step / (9 + step))
-        for name, average, new, old in zip([w.path for w in trainer.model.weights], trainer.ema_model.get_weights(),
-                                           trainer.model.get_weights(), saved[1]):
+        for name, average, new, old in zip(
+            [w.path for w in trainer.model.weights],
+            trainer.ema_model.get_weights(),
+            trainer.model.get_weights(),
+            saved[1],
+        ):
             np.testing.assert_allclose(average, decay * old + (1 - decay) * new, rtol=1e-5, atol=1e-6, err_msg=name)
         assert any("moving_mean" in w.path for w in trainer.ema_model.weights)
     finally:
@@ -145,9 +160,15 @@ def test_int8_tflite_runs_and_agrees_with_float(trained):
 def test_every_form_of_the_model_gives_the_same_top1(trained):
     trainer, _, entry, _ = trained
     config = trainer.config.data
-    figures = {form: evaluate.evaluate(path, config, "test", 2)
-               for form, path in {"entry": entry, "keras": entry / "model.keras",
-                                  "tflite": entry / "model_float32.tflite", "model_dir": entry.parent}.items()}
+    figures = {
+        form: evaluate.evaluate(path, config, "test", 2)
+        for form, path in {
+            "entry": entry,
+            "keras": entry / "model.keras",
+            "tflite": entry / "model_float32.tflite",
+            "model_dir": entry.parent,
+        }.items()
+    }
     assert len({f["top1"] for f in figures.values()}) == 1, figures
     assert len({f["top5"] for f in figures.values()}) == 1, figures
     recorded = json.loads((entry / "metadata.json").read_text())["accuracy"]
@@ -177,7 +198,7 @@ def test_learning_rate_follows_the_paper_schedule():
     assert lr(0) == pytest.approx(1e-6)
     assert lr(150) == pytest.approx(1e-6 + (0.016 - 1e-6) / 2)
     assert lr(300) == pytest.approx(0.016 * 0.973)  # the decay counts from step 0: 300 steps > 2.4 epochs
-    assert lr(480) == pytest.approx(0.016 * 0.973 ** 2)
+    assert lr(480) == pytest.approx(0.016 * 0.973**2)
     cosine = optim.RecipeSchedule(RecipeConfig(lr_schedule="cosine", epochs=10), 1024, 100)
     assert float(cosine(300)) == pytest.approx(0.064) and float(cosine(1000)) == pytest.approx(0.0, abs=1e-9)
 
@@ -189,7 +210,7 @@ def test_rmsprop_is_tf_style():
     ms, mom, w = np.ones(2), np.zeros(2), np.array([1.0, -2.0])
     for grad in (np.array([0.5, -3.0]), np.array([0.2, 1.0])):
         optimizer.apply_gradients([(tf.constant(grad, tf.float32), weight)])
-        ms = 0.9 * ms + 0.1 * grad ** 2
+        ms = 0.9 * ms + 0.1 * grad**2
         mom = 0.9 * mom + 0.1 * grad / np.sqrt(ms + 1e-3)
         w = w - mom
     np.testing.assert_allclose(weight.numpy(), w, rtol=1e-6)
@@ -207,13 +228,16 @@ def test_retrain_starts_from_a_search_result_and_inherited_weights(trained, tmp_
     assert all(np.array_equal(a, b) for a, b in zip(donor, trainer.ema_model.get_weights()))
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"train.optimizer": "adam"}, "train.optimizer='adam' is not valid; valid: rmsprop, sgd"),
-    ({"train.lr_schedule": "linear"}, "train.lr_schedule='linear' is not valid; valid: step, cosine"),
-    ({"train.eval_split": "validation"}, "train.eval_split='validation' is not valid; valid: 'test' when"),
-    ({"train.ema_decay": 1.5}, "train.ema_decay=1.5 is not valid; valid: a number in [0, 1)"),
-    ({"export.eval_split": "dev"}, "export.eval_split='dev' is not valid; valid: train, validation, test"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"train.optimizer": "adam"}, "train.optimizer='adam' is not valid; valid: rmsprop, sgd"),
+        ({"train.lr_schedule": "linear"}, "train.lr_schedule='linear' is not valid; valid: step, cosine"),
+        ({"train.eval_split": "validation"}, "train.eval_split='validation' is not valid; valid: 'test' when"),
+        ({"train.ema_decay": 1.5}, "train.ema_decay=1.5 is not valid; valid: a number in [0, 1)"),
+        ({"export.eval_split": "dev"}, "export.eval_split='dev' is not valid; valid: train, validation, test"),
+    ],
+)
 def test_bad_recipes_are_refused_with_what_is_valid(override, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         tiny_config(**override).validate()
@@ -226,8 +250,11 @@ def test_bad_sources_are_refused_with_what_is_valid(trained, tmp_path):
     (tmp_path / "empty.json").write_text('{"winner": null}')
     with pytest.raises(ValueError, match="has no winner"):
         retrain.arch_from(search_result=str(tmp_path / "empty.json"))
-    with pytest.raises(ValueError, match=r"takes \[28, 28, 1\] images and has 10 classes, but the data gives "
-                                         r"\[32, 32, 1\] images"):
+    with pytest.raises(
+        ValueError,
+        match=r"takes \[28, 28, 1\] images and has 10 classes, but the data gives "
+        r"\[32, 32, 1\] images",
+    ):
         evaluate.evaluate(entry, config_lib.DataConfig(image_size=32), "test", 1)
     with pytest.raises(ValueError, match="is not a retrain model_dir with a checkpoint"):
         evaluate.evaluate(tmp_path, trainer.config.data, "test", 1)
@@ -237,9 +264,19 @@ def test_bad_sources_are_refused_with_what_is_valid(trained, tmp_path):
 
 def test_cli_eval_prints_the_figures(trained):
     _, _, entry, _ = trained
-    result = subprocess.run([sys.executable, str(REPO / "main.py"), "--mode=eval",
-                             f"--model={entry / 'model_int8.tflite'}", "--eval_batches=1",
-                             "--params_override=data.batch_size=32"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "main.py"),
+            "--mode=eval",
+            f"--model={entry / 'model_int8.tflite'}",
+            "--eval_batches=1",
+            "--params_override=data.batch_size=32",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     assert "(tflite_int8) on test, 32 images: top-1" in result.stdout
 

@@ -26,8 +26,9 @@ from cream_tf.supernet import Supernet
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SPACE = SearchSpace.create((1, 1, 1, 1, 1), input_size=16, in_channels=1, num_classes=10,
-                           stem_stride=1, stem_channels=8, dropout=0.0)
+SPACE = SearchSpace.create(
+    (1, 1, 1, 1, 1), input_size=16, in_channels=1, num_classes=10, stem_stride=1, stem_channels=8, dropout=0.0
+)
 
 
 def random_path(space, rng):
@@ -51,6 +52,7 @@ def _entry(accuracy, macs, path=(0,) * 5):
 
 # --- the board ----------------------------------------------------------------------------------
 
+
 def test_board_admits_until_full_then_by_gap_or_fewer_flops():
     board = PrioritizedBoard(size=3, accuracy_gap=5.0)
     for accuracy, macs in [(50, 10), (60, 10), (40, 10)]:
@@ -73,6 +75,7 @@ def test_board_orders_ties_by_fewer_flops():
 
 # --- the sampler --------------------------------------------------------------------------------
 
+
 def test_sampler_respects_the_range_and_the_prior_and_resumes_exactly():
     space = SearchSpace.create((2, 2, 2, 2, 2), input_size=28, in_channels=1, num_classes=10, stem_stride=1)
     sampler = PathSampler(space, (13, 16), prior=(0.05, 0.2, 0.05, 0.5, 0.05, 0.15), seed=3)
@@ -94,6 +97,7 @@ def test_unreachable_flops_range_names_the_reachable_one():
 
 
 # --- the supernet -------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def trainer():
@@ -174,11 +178,13 @@ def test_path_evaluator_recalibrates_each_path_as_a_child_net_would():
                 np.testing.assert_allclose(ours.moving_mean, theirs.moving_mean, rtol=1e-4, atol=1e-5)
                 # The fused op keeps the unbiased variance: n / (n - 1) times Keras', n = batch x height x width.
                 n = 16 * int(np.prod(theirs.input.shape[1:3]))
-                np.testing.assert_allclose(ours.moving_variance, theirs.moving_variance * n / (n - 1), rtol=1e-4,
-                                           atol=1e-7)
+                np.testing.assert_allclose(
+                    ours.moving_variance, theirs.moving_variance * n / (n - 1), rtol=1e-4, atol=1e-7
+                )
         images = tf.constant(_batch(200)[0])
-        np.testing.assert_allclose(evaluator._predict(images, tf.constant(path)), child(images, training=False),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            evaluator._predict(images, tf.constant(path)), child(images, training=False), atol=1e-5
+        )
     assert evaluator.recalibrator._blend.experimental_get_tracing_count() == 1
 
 
@@ -197,8 +203,15 @@ def _fill_board(trainer, seed=11):
     board = PrioritizedBoard(3, 5.0)
     for i in range(3):
         images, _ = _batch(100 + i)
-        board.offer(Entry(tuple(random_path(SPACE, rng)), 50.0 + i, i, images[:4],
-                          rng.dirichlet(np.ones(10), size=4).astype("float32")))
+        board.offer(
+            Entry(
+                tuple(random_path(SPACE, rng)),
+                50.0 + i,
+                i,
+                images[:4],
+                rng.dirichlet(np.ones(10), size=4).astype("float32"),
+            )
+        )
     trainer.load_board(board)
     return board
 
@@ -246,7 +259,7 @@ def test_meta_gradient_matches_nested_tapes_and_finite_differences(trainer):
                 kd = tf.reduce_mean(soft_cross_entropy(teacher, trainer.supernet(images[:s], path, training=True)))
             g = [tf.zeros_like(v) if d is None else d for d, v in zip(inner.gradient(kd, variables), variables)]
         updated = [v - lr * m * d for v, d in zip(variables, g)]
-        return trainer.validation_loss(images[s:2 * s], labels[s:2 * s], path, updated)[0]
+        return trainer.validation_loss(images[s : 2 * s], labels[s : 2 * s], path, updated)[0]
 
     with tf.GradientTape() as outer:
         loss = validation_loss()
@@ -269,10 +282,16 @@ def test_meta_gradient_matches_nested_tapes_and_finite_differences(trainer):
 
 # --- distribution (fresh processes: logical devices and TF_CONFIG must come first) ----------------
 
+
 def _run_worker(args, env=None):
-    return subprocess.Popen([sys.executable, str(HERE / "distributed_worker.py"), *args], cwd=REPO,
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "distributed_worker.py"), *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_mirrored_step_on_two_devices_equals_one_device(tmp_path):
@@ -306,10 +325,16 @@ def _free_ports(count):
 
 def test_two_workers_on_localhost_end_with_equal_weights(tmp_path):
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
-    processes = [_run_worker(["multiworker", str(tmp_path / f"worker{i}.npz")],
-                             {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-                              "CUDA_VISIBLE_DEVICES": ""})
-                 for i in range(2)]
+    processes = [
+        _run_worker(
+            ["multiworker", str(tmp_path / f"worker{i}.npz")],
+            {
+                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                "CUDA_VISIBLE_DEVICES": "",
+            },
+        )
+        for i in range(2)
+    ]
     for process in processes:
         output, _ = process.communicate(timeout=1200)
         assert process.returncode == 0, output[-3000:]
@@ -338,8 +363,11 @@ def _tiny(tmp_path, override=""):
 
 def _final_state(model_dir):
     reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if "save_counter" not in name and name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if "save_counter" not in name and name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    }
 
 
 def test_search_runs_end_to_end_and_resumes_exactly(tmp_path):
@@ -374,17 +402,30 @@ def test_search_runs_end_to_end_and_resumes_exactly(tmp_path):
         np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-8, err_msg=name)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.epochz=3", "Unknown config key 'train.epochz'"),
-    ("space.flops_max=0.5", "No path of this search space meets the FLOPs range"),
-    ("data.num_classes=5", "set data.num_classes to 10"),
-    ("cream.pick_method=best", "cream.pick_method='best' is not valid; valid: meta, top1, none"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochz=3", "Unknown config key 'train.epochz'"),
+        ("space.flops_max=0.5", "No path of this search space meets the FLOPs range"),
+        ("data.num_classes=5", "set data.num_classes to 10"),
+        ("cream.pick_method=best", "cream.pick_method='best' is not valid; valid: meta, top1, none"),
+    ],
+)
 def test_bad_input_fails_before_training(tmp_path, override, message):
     (tmp_path / "tiny.yaml").write_text(TINY)
-    result = subprocess.run([sys.executable, str(REPO / "main.py"), "--mode=search",
-                             f"--config_file={tmp_path / 'tiny.yaml'}", f"--params_override={override}",
-                             f"--model_dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "main.py"),
+            "--mode=search",
+            f"--config_file={tmp_path / 'tiny.yaml'}",
+            f"--params_override={override}",
+            f"--model_dir={tmp_path / 'run'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -16,8 +16,13 @@ PACKAGE = REPO / "cream_tf"
 LAYERS = [
     ["cream_tf", "cream_tf.atomic", "cream_tf.arch"],
     ["cream_tf.config", "cream_tf.flops", "cream_tf.blocks"],
-    ["cream_tf.childnet", "cream_tf.batchnorm", "cream_tf.distribute", "cream_tf.data.held_out",
-     "cream_tf.data.augment"],
+    [
+        "cream_tf.childnet",
+        "cream_tf.batchnorm",
+        "cream_tf.distribute",
+        "cream_tf.data.held_out",
+        "cream_tf.data.augment",
+    ],
     ["cream_tf.convert", "cream_tf.data.sources"],
     ["cream_tf.data.pipeline"],
     ["cream_tf.data"],
@@ -62,10 +67,13 @@ def test_every_module_has_a_layer():
 
 def upward_imports(graph) -> list[str]:
     rank = {name: i for i, layer in enumerate(LAYERS) for name in layer}
-    return [f"{module} (layer {rank[module]}) imports {target} (layer {rank[target]})"
-            for module, targets in graph.items() for target in targets
-            # A package's __init__ may re-export what its own modules define.
-            if rank[target] >= rank[module] and not target.startswith(module + ".")]
+    return [
+        f"{module} (layer {rank[module]}) imports {target} (layer {rank[target]})"
+        for module, targets in graph.items()
+        for target in targets
+        # A package's __init__ may re-export what its own modules define.
+        if rank[target] >= rank[module] and not target.startswith(module + ".")
+    ]
 
 
 def cycle_in(graph) -> list[str] | None:
@@ -103,8 +111,10 @@ def test_the_checks_catch_what_they_are_for():
     assert cycle_in({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
-@pytest.mark.parametrize("name", ["cream_tf.arch", "cream_tf.childnet", "cream_tf.flops", "cream_tf.zoo",
-                                  "cream_tf.supernet", "cream_tf.data"])
+@pytest.mark.parametrize(
+    "name",
+    ["cream_tf.arch", "cream_tf.childnet", "cream_tf.flops", "cream_tf.zoo", "cream_tf.supernet", "cream_tf.data"],
+)
 def test_docstring_examples_run(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, extraglobs=vars(module), optionflags=doctest.ELLIPSIS)
@@ -114,8 +124,11 @@ def test_docstring_examples_run(name):
 def test_no_docstring_example_is_left_unchecked():
     """Examples with `>>>` are the doctests above; anywhere else they would show unchecked output."""
     checked = {"arch", "childnet", "flops", "zoo", "supernet", "data/__init__"}
-    unchecked = [str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")
-                 if ">>>" in p.read_text() and str(p.relative_to(PACKAGE).with_suffix("")) not in checked]
+    unchecked = [
+        str(p.relative_to(REPO))
+        for p in PACKAGE.rglob("*.py")
+        if ">>>" in p.read_text() and str(p.relative_to(PACKAGE).with_suffix("")) not in checked
+    ]
     assert not unchecked, unchecked
 
 

@@ -32,11 +32,19 @@ def block_strings(choices):
 
 
 def timm_cream(choices, num_classes=1000, in_chans=3):
-    se = functools.partial(SqueezeExcite, gate_layer="hard_sigmoid", force_act_layer=torch.nn.ReLU,
-                           rd_round_fn=round_channels)
-    model = MobileNetV3(decode_arch_def(block_strings(choices)), num_classes=num_classes,
-                        in_chans=in_chans, stem_size=16, num_features=1280, head_bias=True,
-                        act_layer=torch.nn.SiLU, se_layer=se)
+    se = functools.partial(
+        SqueezeExcite, gate_layer="hard_sigmoid", force_act_layer=torch.nn.ReLU, rd_round_fn=round_channels
+    )
+    model = MobileNetV3(
+        decode_arch_def(block_strings(choices)),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        stem_size=16,
+        num_features=1280,
+        head_bias=True,
+        act_layer=torch.nn.SiLU,
+        se_layer=se,
+    )
     return model.eval()
 
 

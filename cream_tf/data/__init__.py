@@ -41,18 +41,30 @@ Example:
 from cream_tf.config import AUGMENTS, SOURCES, SPLITS
 from cream_tf.data.augment import CROP_FRACTION
 from cream_tf.data.pipeline import (
-                                    FASHION_MNIST_MEAN,
-                                    FASHION_MNIST_STD,
-                                    IMAGENET_MEAN,
-                                    IMAGENET_STD,
-                                    load,
-                                    num_examples,
-                                    preprocessing_metadata,
-                                    sample_images,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    load,
+    num_examples,
+    preprocessing_metadata,
+    sample_images,
 )
 from cream_tf.data.sources import FASHION_MNIST_DIRS, IMAGE_EXTENSIONS
 
-
-__all__ = ["load", "num_examples", "preprocessing_metadata", "sample_images",
-           "SOURCES", "SPLITS", "AUGMENTS", "IMAGENET_MEAN", "IMAGENET_STD", "FASHION_MNIST_MEAN",
-           "FASHION_MNIST_STD", "FASHION_MNIST_DIRS", "CROP_FRACTION", "IMAGE_EXTENSIONS"]
+__all__ = [
+    "load",
+    "num_examples",
+    "preprocessing_metadata",
+    "sample_images",
+    "SOURCES",
+    "SPLITS",
+    "AUGMENTS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "FASHION_MNIST_DIRS",
+    "CROP_FRACTION",
+    "IMAGE_EXTENSIONS",
+]

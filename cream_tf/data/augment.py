@@ -53,8 +53,15 @@ def _random_resized_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     # an explicit op seed under op determinism, which would fix the crops for every epoch.
     seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
     begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([1, 0, 4]), seed, min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+        tf.shape(image),
+        tf.zeros([1, 0, 4]),
+        seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
     crop = tf.slice(image, begin, extent)
     crop.set_shape([None, None, image.shape[-1]])  # tf.slice forgets the channels
     return tf.image.resize(crop, [size, size], antialias=True)
@@ -67,7 +74,7 @@ def _resize_and_center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     resized = tf.cast(tf.round(shape * scale), tf.int32)
     image = tf.image.resize(image, resized, antialias=True)
     top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
-    return image[top:top + size, left:left + size]
+    return image[top : top + size, left : left + size]
 
 
 def on_rgb(distort: Callable, image: tf.Tensor) -> tf.Tensor:
@@ -85,11 +92,15 @@ def randaugment(config: DataConfig) -> GraphSafeRandAugment:
     """RandAugment as config sets it, for images of 0..255 pixel values (use `on_rgb`)."""
     scale = config.image_size / 224  # Model Garden's translate/cutout constants are pixels at 224
     return GraphSafeRandAugment(
-        num_layers=config.randaugment_layers, magnitude=config.randaugment_magnitude,
-        magnitude_std=config.randaugment_magnitude_std, translate_const=100 * scale, cutout_const=40 * scale,
+        num_layers=config.randaugment_layers,
+        magnitude=config.randaugment_magnitude,
+        magnitude_std=config.randaugment_magnitude_std,
+        translate_const=100 * scale,
+        cutout_const=40 * scale,
         # timm's rand-m9-mstd0.5 policy, which the paper trained with, has no Cutout: random
         # erasing plays that part.
-        exclude_ops=["Cutout"])
+        exclude_ops=["Cutout"],
+    )
 
 
 def posterize(image: tf.Tensor, bits) -> tf.Tensor:
@@ -114,8 +125,12 @@ def solarize_add(image: tf.Tensor, addition=0, threshold=128) -> tf.Tensor:
 
 # Model Garden's RandAugment ops with the three integer ones replaced: a copy of its table, which
 # itself stays as it is for every other user of the library.
-_RANDAUGMENT_OPS = {**augment_ops.NAME_TO_FUNC,
-                    "Posterize": posterize, "Solarize": solarize, "SolarizeAdd": solarize_add}
+_RANDAUGMENT_OPS = {
+    **augment_ops.NAME_TO_FUNC,
+    "Posterize": posterize,
+    "Solarize": solarize,
+    "SolarizeAdd": solarize_add,
+}
 
 
 class GraphSafeRandAugment(augment_ops.RandAugment):
@@ -149,13 +164,15 @@ class GraphSafeRandAugment(augment_ops.RandAugment):
                     arguments = (*arguments, [128] * 3)
                 # A lambda, not a functools.partial: AutoGraph converts it along with this method,
                 # and so the ops it calls, whose Python `if`s on a drawn magnitude need converting.
-                branches.append((i, lambda op=_RANDAUGMENT_OPS[name], image=image, arguments=arguments:
-                                 op(image, *arguments)))
+                branches.append(
+                    (i, lambda op=_RANDAUGMENT_OPS[name], image=image, arguments=arguments: op(image, *arguments))
+                )
             augmented = tf.switch_case(selected, branches, default=functools.partial(tf.identity, image))
             if self.prob_to_apply is not None:
                 keep = tf.random.uniform([], dtype=tf.float32) < self.prob_to_apply
-                augmented = tf.cond(keep, functools.partial(tf.identity, augmented),
-                                    functools.partial(tf.identity, image))
+                augmented = tf.cond(
+                    keep, functools.partial(tf.identity, augmented), functools.partial(tf.identity, image)
+                )
             image = augmented
         return tf.cast(image, dtype)
 
@@ -181,8 +198,12 @@ def random_erasing(probability: float) -> augment_ops.RandomErasing:
 
 def mixup_and_cutmix(config: DataConfig) -> Callable:
     """Mixup/cutmix on a batch; labels become float32 [B, num_classes] that sum to 1."""
-    mix = augment_ops.MixupAndCutmix(num_classes=config.num_classes, mixup_alpha=config.mixup_alpha,
-                                     cutmix_alpha=config.cutmix_alpha, label_smoothing=0.0)
+    mix = augment_ops.MixupAndCutmix(
+        num_classes=config.num_classes,
+        mixup_alpha=config.mixup_alpha,
+        cutmix_alpha=config.cutmix_alpha,
+        label_smoothing=0.0,
+    )
 
     def apply(images, labels):
         batch_shape = images.shape
@@ -192,6 +213,9 @@ def mixup_and_cutmix(config: DataConfig) -> Callable:
             images, labels = mix(tf.tile(images, [1, 1, 1, 3]), labels)
             images = images[..., :1]
         # tf.cond inside the mix forgets the batch size; keep it static for distributed steps.
-        return (tf.ensure_shape(images, batch_shape),
-                tf.ensure_shape(tf.cast(labels, tf.float32), [batch_shape[0], config.num_classes]))
+        return (
+            tf.ensure_shape(images, batch_shape),
+            tf.ensure_shape(tf.cast(labels, tf.float32), [batch_shape[0], config.num_classes]),
+        )
+
     return apply

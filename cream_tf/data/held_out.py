@@ -15,7 +15,7 @@ def mask(count: int, config: DataConfig) -> np.ndarray:
     """Which of `count` training images form the validation split: a mask fixed by config.seed."""
     _check_validation_size(count, config)
     held = np.zeros(count, bool)
-    held[np.random.default_rng(config.seed).permutation(count)[:config.validation_size]] = True
+    held[np.random.default_rng(config.seed).permutation(count)[: config.validation_size]] = True
     return held
 
 
@@ -37,5 +37,7 @@ def pick(split: str, held: np.ndarray) -> np.ndarray:
 
 def _check_validation_size(count: int, config: DataConfig) -> None:
     if config.validation_size >= count:
-        raise ValueError(f"data.validation_size={config.validation_size} must be smaller than the "
-                         f"{count} images of the training split.")
+        raise ValueError(
+            f"data.validation_size={config.validation_size} must be smaller than the "
+            f"{count} images of the training split."
+        )

@@ -25,8 +25,15 @@ FASHION_MNIST_STD = (0.3530,)
 _LUMA = (0.2989, 0.5870, 0.1140)
 
 
-def load(config: DataConfig, split: str, *, training: bool, batch_size: int | None = None,
-         repeat: bool = False, seed: int | None = None) -> tf.data.Dataset:
+def load(
+    config: DataConfig,
+    split: str,
+    *,
+    training: bool,
+    batch_size: int | None = None,
+    repeat: bool = False,
+    seed: int | None = None,
+) -> tf.data.Dataset:
     """Batches of (images, labels) of `split`; see the package docstring for their form.
 
     Args:
@@ -45,13 +52,14 @@ def load(config: DataConfig, split: str, *, training: bool, batch_size: int | No
         raise ValueError(f"batch_size={batch_size} must be at least 1.")
     source = sources.source(config, split, shuffle=training, seed=seed)
     dataset = source.examples.repeat() if repeat else source.examples
-    dataset = dataset.map(_seeded(_preprocessor(config, source, training), seed),
-                          num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(_seeded(_preprocessor(config, source, training), seed), num_parallel_calls=tf.data.AUTOTUNE)
     # A fixed batch dimension while training keeps TPUs and XLA to one compiled step.
     dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=tf.data.AUTOTUNE)
     if training and (config.mixup_alpha > 0 or config.cutmix_alpha > 0):
-        dataset = dataset.map(_seeded(augment.mixup_and_cutmix(config), seed + 1 if seed is not None else None),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(
+            _seeded(augment.mixup_and_cutmix(config), seed + 1 if seed is not None else None),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -67,15 +75,23 @@ def preprocessing_metadata(config: DataConfig) -> dict:
     config.validate()
     mean, std = _mean_std(config)
     size = config.image_size
-    metadata = {"color": "grayscale" if config.channels == 1 else "RGB", "scale": "x / 255",
-                "mean": list(mean), "std": list(std), "normalize": "(x - mean) / std",
-                "input_size": size, "interpolation": "bilinear, antialiased"}
+    metadata = {
+        "color": "grayscale" if config.channels == 1 else "RGB",
+        "scale": "x / 255",
+        "mean": list(mean),
+        "std": list(std),
+        "normalize": "(x - mean) / std",
+        "input_size": size,
+        "interpolation": "bilinear, antialiased",
+    }
     if config.name == "fashion_mnist":
         metadata["eval_resize"] = "none" if size == 28 else "resize to input_size x input_size (bilinear)"
     else:
         metadata.update(
             eval_resize="resize shorter side to input_size / 0.875 (bilinear), center crop input_size",
-            crop_fraction=augment.CROP_FRACTION, resize_shorter_side=round(size / augment.CROP_FRACTION))
+            crop_fraction=augment.CROP_FRACTION,
+            resize_shorter_side=round(size / augment.CROP_FRACTION),
+        )
     return metadata
 
 
@@ -87,12 +103,14 @@ def sample_images(config: DataConfig, split: str, count: int) -> np.ndarray:
     config.validate(split)
     available = num_examples(config, split)
     if not 1 <= count <= available:
-        raise ValueError(f"count={count} images asked of split {split!r}, which holds {available}; "
-                         f"valid counts are 1..{available}.")
+        raise ValueError(
+            f"count={count} images asked of split {split!r}, which holds {available}; valid counts are 1..{available}."
+        )
     # Folders list images class by class, so the first `count` would be a single class.
     source = sources.source(config, split, shuffle=True, seed=config.seed)
-    dataset = source.examples.take(count).map(_preprocessor(config, source, training=False),
-                                             num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = source.examples.take(count).map(
+        _preprocessor(config, source, training=False), num_parallel_calls=tf.data.AUTOTUNE
+    )
     images, _ = next(iter(dataset.batch(count)))
     return images.numpy()
 
@@ -103,8 +121,11 @@ def _mean_std(config: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]
     if len(mean) != config.channels:
         # RGB from grayscale repeats the statistics. Grayscale from RGB takes their luma: exact
         # for the mean, for the std only with perfectly correlated channels (close in photos).
-        mean, std = ((tuple(mean) * 3, tuple(std) * 3) if config.channels == 3 else
-                     ((float(np.dot(_LUMA, mean)),), (float(np.dot(_LUMA, std)),)))
+        mean, std = (
+            (tuple(mean) * 3, tuple(std) * 3)
+            if config.channels == 3
+            else ((float(np.dot(_LUMA, mean)),), (float(np.dot(_LUMA, std)),))
+        )
     return tuple(config.mean) or mean, tuple(config.std) or std
 
 
@@ -114,8 +135,7 @@ def _preprocessor(config: DataConfig, source: sources.Source, training: bool) ->
     mean, std = _mean_std(config)
     size = config.image_size
     randaugment = augment.randaugment(config) if augmenting and config.augment == "randaugment" else None
-    erasing = (augment.random_erasing(config.random_erasing)
-               if training and config.random_erasing > 0 else None)
+    erasing = augment.random_erasing(config.random_erasing) if training and config.random_erasing > 0 else None
 
     def prepare(*raw):
         image, label = source.decode(*raw)
@@ -128,6 +148,7 @@ def _preprocessor(config: DataConfig, source: sources.Source, training: bool) ->
         if erasing is not None:
             image = augment.on_rgb(erasing.distort, image)  # per-pixel N(0, 1) fill, as in timm: after normalizing
         return tf.ensure_shape(image, [size, size, config.channels]), tf.cast(label, tf.int32)
+
     return prepare
 
 
@@ -145,6 +166,7 @@ def _seeded(function: Callable, seed: int | None) -> Callable:
     def seeded(*args):
         tf.compat.v1.set_random_seed(seed)  # inside the trace: sets this graph's seed only
         return function(*args)
+
     return seeded
 
 

@@ -32,8 +32,10 @@ from cream_tf.data import held_out
 
 # Where the fashion_mnist source looks after data.data_dir, in order.
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "~/.keras/datasets/fashion-mnist")
-_FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-                        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+_FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _RECORD_SHUFFLE_BUFFER = 10_000  # as Model Garden's ImageNet recipe; about 1 GB of ImageNet JPEGs
 _UNREADABLE_NAMED_AT_MOST = 20  # files named one by one before the warning only counts them
@@ -56,8 +58,7 @@ def source(config: DataConfig, split: str, *, shuffle: bool, seed: int | None) -
     if config.name == "folder":
         paths, labels = _folder_split(config, split)
         examples = _shuffled(tf.data.Dataset.from_tensor_slices((list(paths), labels)), len(paths), shuffle, seed)
-        return Source(examples, lambda path, label: (_decode_bytes(tf.io.read_file(path)), label),
-                      small_images=False)
+        return Source(examples, lambda path, label: (_decode_bytes(tf.io.read_file(path)), label), small_images=False)
 
     if config.name == "tfrecord":
         files, skips, takes = zip(*_tfrecord_segments(config, split))
@@ -65,7 +66,9 @@ def source(config: DataConfig, split: str, *, shuffle: bool, seed: int | None) -
         segments = _shuffled(table, len(files), shuffle, seed)  # whole files first: cheap and wide
         examples = segments.interleave(
             lambda file, skip, take: tf.data.TFRecordDataset(file).skip(skip).take(take),
-            cycle_length=min(16, len(files)), num_parallel_calls=tf.data.AUTOTUNE)
+            cycle_length=min(16, len(files)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
         examples = _shuffled(examples, _RECORD_SHUFFLE_BUFFER, shuffle, seed)
         # tf-models-official's classification decoder works on TF 2.20 (a parse_single_example of
         # the two features); its tf_example_decoder is the detection one and wants box features.
@@ -74,8 +77,11 @@ def source(config: DataConfig, split: str, *, shuffle: bool, seed: int | None) -
         def decode(serialized):
             parsed = decoder.decode(serialized)
             label = parsed[classification_input.DEFAULT_LABEL_FIELD_KEY] + config.label_offset
-            return (_decode_bytes(parsed[classification_input.DEFAULT_IMAGE_FIELD_KEY]),
-                    _checked_label(label, config, f"TFRecords in {config.data_dir}"))
+            return (
+                _decode_bytes(parsed[classification_input.DEFAULT_IMAGE_FIELD_KEY]),
+                _checked_label(label, config, f"TFRecords in {config.data_dir}"),
+            )
+
         return Source(examples, decode, small_images=False)
 
     import tensorflow_datasets as tfds
@@ -84,13 +90,21 @@ def source(config: DataConfig, split: str, *, shuffle: bool, seed: int | None) -
     image_key, _ = builder.info.supervised_keys
     encoded = isinstance(builder.info.features[image_key], tfds.features.Image)
     examples = builder.as_dataset(
-        split=_tfds_split(config, split)[0], shuffle_files=shuffle, as_supervised=True,
+        split=_tfds_split(config, split)[0],
+        shuffle_files=shuffle,
+        as_supervised=True,
         decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None,
-        read_config=tfds.ReadConfig(shuffle_seed=seed))
+        read_config=tfds.ReadConfig(shuffle_seed=seed),
+    )
     examples = _shuffled(examples, _RECORD_SHUFFLE_BUFFER, shuffle, seed)
-    return Source(examples, lambda image, label: (
-        _decode_bytes(image) if encoded else image,
-        _checked_label(label, config, f"TFDS {config.tfds_name}")), small_images=False)
+    return Source(
+        examples,
+        lambda image, label: (
+            _decode_bytes(image) if encoded else image,
+            _checked_label(label, config, f"TFDS {config.tfds_name}"),
+        ),
+        small_images=False,
+    )
 
 
 def example_count(config: DataConfig, split: str) -> int:
@@ -111,9 +125,11 @@ def _shuffled(dataset: tf.data.Dataset, buffer: int, shuffle: bool, seed: int | 
 
 def _checked_labels(labels: np.ndarray, config: DataConfig, where: str) -> np.ndarray:
     if len(labels) and not (labels.min() >= 0 and labels.max() < config.num_classes):
-        raise ValueError(f"{where} has labels {labels.min()}..{labels.max()}, outside 0..{config.num_classes - 1} "
-                         f"allowed by data.num_classes={config.num_classes}; set data.num_classes to "
-                         f"{labels.max() + 1}.")
+        raise ValueError(
+            f"{where} has labels {labels.min()}..{labels.max()}, outside 0..{config.num_classes - 1} "
+            f"allowed by data.num_classes={config.num_classes}; set data.num_classes to "
+            f"{labels.max() + 1}."
+        )
     return labels
 
 
@@ -121,10 +137,14 @@ def _checked_label(label: tf.Tensor, config: DataConfig, where: str) -> tf.Tenso
     """In-graph range check for sources whose labels are only seen while reading."""
     label = tf.cast(label, tf.int32)
     in_range = tf.logical_and(label >= 0, label < config.num_classes)
-    check = tf.debugging.Assert(in_range, [
-        f"{where}: label out of range; valid labels are 0..{config.num_classes - 1} "
-        f"(data.num_classes={config.num_classes}, data.label_offset={config.label_offset}). Label:",
-        label])
+    check = tf.debugging.Assert(
+        in_range,
+        [
+            f"{where}: label out of range; valid labels are 0..{config.num_classes - 1} "
+            f"(data.num_classes={config.num_classes}, data.label_offset={config.label_offset}). Label:",
+            label,
+        ],
+    )
     with tf.control_dependencies([check]):
         return tf.identity(label)
 
@@ -135,8 +155,9 @@ def _checked_label(label: tf.Tensor, config: DataConfig, where: str) -> tf.Tenso
 def _fashion_mnist_split(config: DataConfig, split: str, labels_only: bool = False):
     directory = str(fashion_mnist_dir(config))
     part = "test" if split == "test" else "train"
-    labels = _checked_labels(read_idx(directory, _FASHION_MNIST_FILES[part][1]).astype(np.int32), config,
-                             f"Fashion-MNIST ({directory})")
+    labels = _checked_labels(
+        read_idx(directory, _FASHION_MNIST_FILES[part][1]).astype(np.int32), config, f"Fashion-MNIST ({directory})"
+    )
     images = None if labels_only else read_idx(directory, _FASHION_MNIST_FILES[part][0])[..., None]
     if part == "train":
         chosen = held_out.pick(split, held_out.mask(len(labels), config))
@@ -152,14 +173,14 @@ def fashion_mnist_dir(config: DataConfig) -> Path:
         directory = Path(candidate).expanduser()
         if all((directory / name).is_file() for pair in _FASHION_MNIST_FILES.values() for name in pair):
             if config.data_dir and candidate != config.data_dir:
-                logging.warning("data.data_dir=%r holds no Fashion-MNIST files; using %s.",
-                                config.data_dir, directory)
+                logging.warning("data.data_dir=%r holds no Fashion-MNIST files; using %s.", config.data_dir, directory)
             return directory
     files = ", ".join(name for pair in _FASHION_MNIST_FILES.values() for name in pair)
     raise FileNotFoundError(
         f"Fashion-MNIST not found: none of {', '.join(map(repr, candidates))} holds {files}. "
         "Install it with `sudo apt-get install dataset-fashion-mnist` (puts them in "
-        "/usr/share/datasets/fashion-mnist), or set data.data_dir to a folder holding them.")
+        "/usr/share/datasets/fashion-mnist), or set data.data_dir to a folder holding them."
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -167,12 +188,14 @@ def read_idx(directory: str, name: str) -> np.ndarray:
     """An idx file (the MNIST format): magic 0x0000080N, N big-endian dimensions, uint8 data."""
     with gzip.open(Path(directory) / name, "rb") as f:
         raw = f.read()
-    magic, = struct.unpack(">I", raw[:4])
+    (magic,) = struct.unpack(">I", raw[:4])
     rank = magic & 0xFF
-    shape = struct.unpack(f">{rank}I", raw[4:4 + 4 * rank])
+    shape = struct.unpack(f">{rank}I", raw[4 : 4 + 4 * rank])
     if magic >> 8 != 0x08 or len(raw) != 4 + 4 * rank + int(np.prod(shape)):
-        raise ValueError(f"{Path(directory) / name} is not a complete uint8 idx file (magic {magic:#x}, "
-                         f"shape {shape}, {len(raw)} bytes); reinstall dataset-fashion-mnist.")
+        raise ValueError(
+            f"{Path(directory) / name} is not a complete uint8 idx file (magic {magic:#x}, "
+            f"shape {shape}, {len(raw)} bytes); reinstall dataset-fashion-mnist."
+        )
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * rank).reshape(shape).copy()
 
 
@@ -183,13 +206,17 @@ def _folder_split(config: DataConfig, split: str) -> tuple[tuple[str, ...], np.n
     root = Path(config.data_dir)
     classes = _class_names(root / "train")
     if len(classes) != config.num_classes:
-        raise ValueError(f"{root / 'train'} has {len(classes)} class folders but data.num_classes="
-                         f"{config.num_classes}; the two must match (set data.num_classes={len(classes)}).")
+        raise ValueError(
+            f"{root / 'train'} has {len(classes)} class folders but data.num_classes="
+            f"{config.num_classes}; the two must match (set data.num_classes={len(classes)})."
+        )
     if split == "test":
         extra = sorted(set(_class_names(root / "val")) - set(classes))
         if extra:
-            raise ValueError(f"{root / 'val'} has class folders {extra} that {root / 'train'} lacks; "
-                             f"valid class names are those under train: {', '.join(classes)}.")
+            raise ValueError(
+                f"{root / 'val'} has class folders {extra} that {root / 'train'} lacks; "
+                f"valid class names are those under train: {', '.join(classes)}."
+            )
         return _readable_images(str(root / "val"), classes)
     paths, labels = _readable_images(str(root / "train"), classes)
     chosen = held_out.pick(split, held_out.mask(len(paths), config))
@@ -198,8 +225,9 @@ def _folder_split(config: DataConfig, split: str) -> tuple[tuple[str, ...], np.n
 
 def _class_names(directory: Path) -> tuple[str, ...]:
     if not directory.is_dir():
-        raise FileNotFoundError(f"Folder dataset: {directory} does not exist; expected "
-                                f"{directory}/<class name>/<images> for every class.")
+        raise FileNotFoundError(
+            f"Folder dataset: {directory} does not exist; expected {directory}/<class name>/<images> for every class."
+        )
     return tuple(sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")))
 
 
@@ -214,26 +242,43 @@ def _readable_images(directory: str, classes: tuple[str, ...]) -> tuple[tuple[st
     """
     paths, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (Path(directory) / name).iterdir()
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(
+            p for p in (Path(directory) / name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
         paths += [str(p) for p in files]
         labels += [label] * len(files)
     readable = np.zeros(len(paths), bool)
     if paths:
-        probe = tf.data.Dataset.from_tensor_slices(paths).enumerate().map(
-            lambda i, path: (i, tf.reduce_max(_decode_bytes(tf.io.read_file(path)))),
-            num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().map(lambda i, _: i).batch(4096)
+        probe = (
+            tf.data.Dataset.from_tensor_slices(paths)
+            .enumerate()
+            .map(
+                lambda i, path: (i, tf.reduce_max(_decode_bytes(tf.io.read_file(path)))),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+            .ignore_errors()
+            .map(lambda i, _: i)
+            .batch(4096)
+        )
         for indices in probe:
             readable[indices.numpy()] = True
     unreadable = [p for p, ok in zip(paths, readable) if not ok]
     for path in unreadable[:_UNREADABLE_NAMED_AT_MOST]:
-        logging.warning("Skipping unreadable image %s: it cannot be read or decoded as %s.",
-                        path, "/".join(e[1:].upper() for e in IMAGE_EXTENSIONS))
+        logging.warning(
+            "Skipping unreadable image %s: it cannot be read or decoded as %s.",
+            path,
+            "/".join(e[1:].upper() for e in IMAGE_EXTENSIONS),
+        )
     if unreadable:
-        logging.warning("Skipped %d of %d images under %s that cannot be read or decoded%s.",
-                        len(unreadable), len(paths), directory,
-                        f" (the first {_UNREADABLE_NAMED_AT_MOST} named above)"
-                        if len(unreadable) > _UNREADABLE_NAMED_AT_MOST else "")
+        logging.warning(
+            "Skipped %d of %d images under %s that cannot be read or decoded%s.",
+            len(unreadable),
+            len(paths),
+            directory,
+            f" (the first {_UNREADABLE_NAMED_AT_MOST} named above)"
+            if len(unreadable) > _UNREADABLE_NAMED_AT_MOST
+            else "",
+        )
     return tuple(p for p, ok in zip(paths, readable) if ok), np.asarray(labels, np.int32)[readable]
 
 
@@ -251,8 +296,10 @@ def _tfrecord_segments(config: DataConfig, split: str) -> list[tuple[str, int, i
     prefix = "val" if split == "test" else "train"
     files = sorted(str(p) for p in Path(config.data_dir).glob(f"{prefix}*") if p.is_file())
     if not files:
-        raise FileNotFoundError(f"No TFRecord files {config.data_dir}/{prefix}* ('train-00000-of-01024', "
-                                f"'validation-00000-of-00128', ...) for split {split!r}.")
+        raise FileNotFoundError(
+            f"No TFRecord files {config.data_dir}/{prefix}* ('train-00000-of-01024', "
+            f"'validation-00000-of-00128', ...) for split {split!r}."
+        )
     counts = [_count_records(f) for f in files]
     total = sum(counts)
     if split in ("train", "validation"):
@@ -282,12 +329,14 @@ def _count_records(path: str) -> int:
         size = f.size()
         while position + 12 <= size:
             f.seek(position)
-            length, = struct.unpack("<Q", f.read(8))
+            (length,) = struct.unpack("<Q", f.read(8))
             position += 12 + length + 4
             count += 1
     if position != size:
-        raise ValueError(f"{path} is not an uncompressed TFRecord file (record lengths do not add up to "
-                         f"its {size} bytes); valid are TFRecords as ImageNet's build scripts write them.")
+        raise ValueError(
+            f"{path} is not an uncompressed TFRecord file (record lengths do not add up to "
+            f"its {size} bytes); valid are TFRecords as ImageNet's build scripts write them."
+        )
     return count
 
 
@@ -298,8 +347,10 @@ def _tfds_builder(config: DataConfig):
     builder = _prepared_tfds_builder(config.tfds_name, config.data_dir)
     classes = getattr(builder.info.features[builder.info.supervised_keys[1]], "num_classes", None)
     if classes is not None and classes != config.num_classes:
-        raise ValueError(f"TFDS dataset {config.tfds_name!r} has {classes} classes but data.num_classes="
-                         f"{config.num_classes}; set data.num_classes={classes}.")
+        raise ValueError(
+            f"TFDS dataset {config.tfds_name!r} has {classes} classes but data.num_classes="
+            f"{config.num_classes}; set data.num_classes={classes}."
+        )
     return builder
 
 
@@ -315,10 +366,12 @@ def _prepared_tfds_builder(name: str, data_dir: str):
         raise FileNotFoundError(
             f"TFDS dataset {name!r} is not prepared in {builder.data_dir}, and cream_tf never downloads "
             f"at run time. Prepare it once where there is network access (`tfds build {name} "
-            "--data_dir=DIR`), then set data.data_dir=DIR.")
+            "--data_dir=DIR`), then set data.data_dir=DIR."
+        )
     if builder.info.supervised_keys is None:
-        raise ValueError(f"TFDS dataset {name!r} has no (image, label) supervised keys; valid are image "
-                         "classification datasets.")
+        raise ValueError(
+            f"TFDS dataset {name!r} has no (image, label) supervised keys; valid are image classification datasets."
+        )
     return builder
 
 
@@ -328,8 +381,9 @@ def _tfds_split(config: DataConfig, split: str) -> tuple[str, int]:
     if split == "test":
         name = next((n for n in ("test", "validation") if n in splits), None)
         if name is None:
-            raise ValueError(f"TFDS dataset {config.tfds_name!r} has no 'test' or 'validation' split "
-                             f"(it has {', '.join(splits)}).")
+            raise ValueError(
+                f"TFDS dataset {config.tfds_name!r} has no 'test' or 'validation' split (it has {', '.join(splits)})."
+            )
         return name, splits[name].num_examples
     total = splits["train"].num_examples
     if split == "train_full":

@@ -43,8 +43,7 @@ class PrioritizedBoard:
         if len(self.entries) < self.size:
             return True
         weakest = self.entries[-1]
-        return (accuracy > weakest.accuracy + self.accuracy_gap
-                or (accuracy > weakest.accuracy and macs < weakest.macs))
+        return accuracy > weakest.accuracy + self.accuracy_gap or (accuracy > weakest.accuracy and macs < weakest.macs)
 
     def offer(self, entry: Entry) -> bool:
         """Adds `entry` when the rules admit it; returns whether it did."""
@@ -52,7 +51,7 @@ class PrioritizedBoard:
             return False
         self.entries.append(entry)
         self.entries.sort(key=lambda e: (-e.accuracy, e.macs))
-        del self.entries[self.size:]
+        del self.entries[self.size :]
         return True
 
     def summary(self) -> list[dict]:

@@ -37,9 +37,15 @@ from cream_tf.training import Progress, TrainingRun
 
 def build_space(config: SearchConfig) -> SearchSpace:
     d, s = config.data, config.space
-    settings = dict(input_size=d.image_size, in_channels=d.channels, num_classes=d.num_classes,
-                    stem_channels=s.stem_channels, stem_stride=s.stem_stride, dropout=s.dropout,
-                    drop_path=s.drop_path)
+    settings = dict(
+        input_size=d.image_size,
+        in_channels=d.channels,
+        num_classes=d.num_classes,
+        stem_channels=s.stem_channels,
+        stem_stride=s.stem_stride,
+        dropout=s.dropout,
+        drop_path=s.drop_path,
+    )
     depths = tuple(s.depths) or depths_for_flops_range(s.flops_min, s.flops_max, **settings)
     return SearchSpace.create(depths, **settings)
 
@@ -51,12 +57,24 @@ class Search(TrainingRun):
         config.validate()
         self.config = config
         train = config.train
-        super().__init__(model_dir, strategy, seed=train.seed, deterministic=train.deterministic,
-                         data_config=config.data, split="train", steps_per_epoch=train.steps_per_epoch,
-                         epochs=train.epochs)
+        super().__init__(
+            model_dir,
+            strategy,
+            seed=train.seed,
+            deterministic=train.deterministic,
+            data_config=config.data,
+            split="train",
+            steps_per_epoch=train.steps_per_epoch,
+            epochs=train.epochs,
+        )
         self.space = build_space(config)
-        self.sampler = PathSampler(self.space, (config.space.flops_min, config.space.flops_max),
-                                   config.cream.prior, seed=train.seed, max_tries=config.cream.max_sampling_tries)
+        self.sampler = PathSampler(
+            self.space,
+            (config.space.flops_min, config.space.flops_max),
+            config.cream.prior,
+            seed=train.seed,
+            max_tries=config.cream.max_sampling_tries,
+        )
         with self.strategy.scope():
             self.supernet = Supernet(self.space)
             self.trainer = CreamTrainer(self.supernet, config, config.data.batch_size)
@@ -68,39 +86,67 @@ class Search(TrainingRun):
 
     def checkpoint_variables(self) -> dict[str, list]:
         m = self.trainer
-        return {"supernet": self.supernet.weights, "meta": m.meta.weights, "optimizer": m.path_optimizer.slots,
-                "meta_optimizer": m.meta_optimizer.slots,
-                "board": [m.board_images, m.board_probs, m.board_paths, m.board_count]}
+        return {
+            "supernet": self.supernet.weights,
+            "meta": m.meta.weights,
+            "optimizer": m.path_optimizer.slots,
+            "meta_optimizer": m.meta_optimizer.slots,
+            "board": [m.board_images, m.board_probs, m.board_paths, m.board_count],
+        }
 
     def host_state(self) -> dict:
-        return {"step": self.step, "sampler": self.sampler.state(),
-                "board": [{"path": e.path, "accuracy": e.accuracy, "macs": e.macs} for e in self.board.entries],
-                "history": self.history}
+        return {
+            "step": self.step,
+            "sampler": self.sampler.state(),
+            "board": [{"path": e.path, "accuracy": e.accuracy, "macs": e.macs} for e in self.board.entries],
+            "history": self.history,
+        }
 
     def set_host_state(self, state: dict) -> None:
         self.step, self.history = state["step"], [tuple(h) for h in state["history"]]
         self.sampler.set_state(state["sampler"])
         images, probs = self.trainer.board_images.numpy(), self.trainer.board_probs.numpy()
-        self.board.entries = [Entry(tuple(e["path"]), e["accuracy"], e["macs"], images[i], probs[i])
-                              for i, e in enumerate(state["board"])]
+        self.board.entries = [
+            Entry(tuple(e["path"]), e["accuracy"], e["macs"], images[i], probs[i]) for i, e in enumerate(state["board"])
+        ]
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
-        return [_SearchStep(self), Progress(self, lambda logs: [("loss", logs["loss"]), ("top1", _top1(logs)),
-                                                                ("board", len(self.board))], stateful=["board"])]
+        return [
+            _SearchStep(self),
+            Progress(
+                self,
+                lambda logs: [("loss", logs["loss"]), ("top1", _top1(logs)), ("board", len(self.board))],
+                stateful=["board"],
+            ),
+        ]
 
     def end_epoch(self, logs: dict) -> None:
         board = self.board.summary()
-        self.scalars(self.step, {"epoch/loss": self._sums["loss"] / self.steps_per_epoch,
-                                 "epoch/top1": self._sums["top1"] / self.steps_per_epoch} | ({
-            "board/best_top1": board[0]["accuracy"], "board/worst_top1": board[-1]["accuracy"],
-            "board/best_mflops": board[0]["mflops"], "board/worst_mflops": board[-1]["mflops"]} if board else {}))
+        self.scalars(
+            self.step,
+            {
+                "epoch/loss": self._sums["loss"] / self.steps_per_epoch,
+                "epoch/top1": self._sums["top1"] / self.steps_per_epoch,
+            }
+            | (
+                {
+                    "board/best_top1": board[0]["accuracy"],
+                    "board/worst_top1": board[-1]["accuracy"],
+                    "board/best_mflops": board[0]["mflops"],
+                    "board/worst_mflops": board[-1]["mflops"],
+                }
+                if board
+                else {}
+            ),
+        )
         if self.is_chief:
             atomic.write_json(self.model_dir / folders.BOARD_FILE, {"epoch": self.epoch, "board": board})
 
     def learning_rate(self, step: int) -> float:
         train = self.config.train
-        return linear_decay(train.lr, int(train.warmup_lr_epochs * self.steps_per_epoch),
-                            train.epochs * self.steps_per_epoch, step)
+        return linear_decay(
+            train.lr, int(train.warmup_lr_epochs * self.steps_per_epoch), train.epochs * self.steps_per_epoch, step
+        )
 
     # --- the run ----------------------------------------------------------------------------
 
@@ -119,8 +165,7 @@ class Search(TrainingRun):
         from cream_tf.search.selection import select_and_export
 
         result = select_and_export(self)
-        result["timing"] = {"train_seconds": round(train_seconds, 1),
-                            "total_seconds": round(time.time() - start, 1)}
+        result["timing"] = {"train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - start, 1)}
         atomic.write_json(self.model_dir / folders.SEARCH_RESULT_FILE, result)
         return result
 
@@ -158,14 +203,29 @@ class _SearchStep(keras.callbacks.Callback):
         if self.meta:
             search.scalars(search.step, {f"meta/{k}": logs[k] for k in ("meta_val_loss", "meta_matching")})
         if search.epoch >= search.config.cream.warmup_epochs and search.board.offer(
-                Entry(tuple(int(c) for c in self.path), top1, int(self.macs), np.asarray(logs["images"]),
-                      np.asarray(logs["probs"]))):
+            Entry(
+                tuple(int(c) for c in self.path),
+                top1,
+                int(self.macs),
+                np.asarray(logs["images"]),
+                np.asarray(logs["probs"]),
+            )
+        ):
             search.trainer.load_board(search.board)
         search.history.append((int(self.macs), round(top1, 3)))
         search.step += 1
         search._sums["loss"] += float(logs["loss"])
         search._sums["top1"] += top1
         if search.step % 10 == 0:
-            search.scalars(search.step, {"train/loss": logs["loss"], "train/ce": logs["ce"], "train/kd": logs["kd"],
-                                         "train/matching": logs["matching"], "train/top1": top1,
-                                         "train/lr": self.lr, "train/mflops": self.macs / 1e6})
+            search.scalars(
+                search.step,
+                {
+                    "train/loss": logs["loss"],
+                    "train/ce": logs["ce"],
+                    "train/kd": logs["kd"],
+                    "train/matching": logs["matching"],
+                    "train/top1": top1,
+                    "train/lr": self.lr,
+                    "train/mflops": self.macs / 1e6,
+                },
+            )

@@ -19,16 +19,18 @@ class PathSampler:
       max_tries: rejections before giving up with an error.
     """
 
-    def __init__(self, space: SearchSpace, flops_range: tuple[float, float], prior=(), seed: int = 0,
-                 max_tries: int = 10000):
+    def __init__(
+        self, space: SearchSpace, flops_range: tuple[float, float], prior=(), seed: int = 0, max_tries: int = 10000
+    ):
         self.space = space
         self.table = FlopsTable(space)
         self.low, self.high = (float(v) * 1e6 for v in flops_range)
         if prior:
             prior = np.asarray(prior, dtype=np.float64)
             if prior.shape != (len(CHOICES),) or (prior < 0).any() or not np.isclose(prior.sum(), 1.0):
-                raise ValueError(f"prior must be {len(CHOICES)} non-negative probabilities summing to 1; "
-                                 f"got {list(prior)}.")
+                raise ValueError(
+                    f"prior must be {len(CHOICES)} non-negative probabilities summing to 1; got {list(prior)}."
+                )
         self.prior = prior if len(prior) else None
         self.max_tries = max_tries
         self.rng = np.random.default_rng(seed)
@@ -37,7 +39,8 @@ class PathSampler:
             raise ValueError(
                 f"No path of this search space meets the FLOPs range [{self.low / 1e6:g}, "
                 f"{self.high / 1e6:g}] MFLOPs: its paths cost from {lowest / 1e6:.2f} to "
-                f"{highest / 1e6:.2f} MFLOPs. Change space.flops_min/flops_max or the depths.")
+                f"{highest / 1e6:.2f} MFLOPs. Change space.flops_min/flops_max or the depths."
+            )
 
     def sample(self) -> tuple[np.ndarray, int]:
         """A path (int32, one choice per position) and its multiply-adds."""
@@ -46,9 +49,11 @@ class PathSampler:
             macs = self.table.macs(path)
             if self.low <= macs <= self.high:
                 return path, macs
-        raise ValueError(f"No path within [{self.low / 1e6:g}, {self.high / 1e6:g}] MFLOPs after "
-                         f"{self.max_tries} samples from prior {self.prior}; widen the range or "
-                         "change the prior.")
+        raise ValueError(
+            f"No path within [{self.low / 1e6:g}, {self.high / 1e6:g}] MFLOPs after "
+            f"{self.max_tries} samples from prior {self.prior}; widen the range or "
+            "change the prior."
+        )
 
     def state(self) -> dict:
         return self.rng.bit_generator.state

@@ -46,8 +46,11 @@ class PathEvaluator:
 def select_and_export(search) -> dict:
     config = search.config
     selection = config.selection
-    calibration = [images for images, _ in data.load(config.data, "train", training=False)
-                   .take(selection.recalibrate_batches)] if selection.recalibrate_bn else []
+    calibration = (
+        [images for images, _ in data.load(config.data, "train", training=False).take(selection.recalibrate_batches)]
+        if selection.recalibrate_bn
+        else []
+    )
     evaluator = PathEvaluator(search.supernet, calibration)
     validation = data.load(config.data, "validation", training=False)
     rows, models = [], []
@@ -55,15 +58,31 @@ def select_and_export(search) -> dict:
         accuracy = evaluator.top1(entry.path, validation, selection.eval_batches)
         child = search.supernet.extract_child(entry.path, name="cream_child")
         arch = search.space.arch(list(entry.path))
-        rows.append({"rank": rank, "arch": str(arch), "path": arch.path, "mflops": round(entry.macs / 1e6, 3),
-                     "params": cost_of(arch).params, "train_top1": round(entry.accuracy, 3),
-                     "val_top1": round(accuracy, 3)})
+        rows.append(
+            {
+                "rank": rank,
+                "arch": str(arch),
+                "path": arch.path,
+                "mflops": round(entry.macs / 1e6, 3),
+                "params": cost_of(arch).params,
+                "train_top1": round(entry.accuracy, 3),
+                "val_top1": round(accuracy, 3),
+            }
+        )
         models.append((child, arch))
-        logging.info("board path %d %s: %.2f MFLOPs, held-out top-1 %.2f%%", rank, arch.path,
-                     entry.macs / 1e6, accuracy)
-    result = {"space": {"depths": list(search.space.depths), "template": str(search.space.template),
-                        "flops_range_mflops": [config.space.flops_min, config.space.flops_max]},
-              "pick_method": config.cream.pick_method, "board": rows, "winner": None}
+        logging.info(
+            "board path %d %s: %.2f MFLOPs, held-out top-1 %.2f%%", rank, arch.path, entry.macs / 1e6, accuracy
+        )
+    result = {
+        "space": {
+            "depths": list(search.space.depths),
+            "template": str(search.space.template),
+            "flops_range_mflops": [config.space.flops_min, config.space.flops_max],
+        },
+        "pick_method": config.cream.pick_method,
+        "board": rows,
+        "winner": None,
+    }
     if not rows:
         logging.warning("The board is empty (did the search end before its warm-up epochs?): nothing to select.")
         return result
@@ -75,11 +94,16 @@ def select_and_export(search) -> dict:
         row["winner"] = row["rank"] == best
         if config.selection.export:
             folder = search.model_dir / folders.SEARCH_ZOO_DIR / f"board_{row['rank']:02d}"
-            write_entry(child, arch, folder, overwrite=True,
-                        weights_source=f"inherited from the supernet in {search.model_dir} (BatchNorm "
-                                       f"{'recalibrated' if config.selection.recalibrate_bn else 'as trained'})",
-                        preprocessing=data.preprocessing_metadata(config.data),
-                        extra_metadata={"search": row})
+            write_entry(
+                child,
+                arch,
+                folder,
+                overwrite=True,
+                weights_source=f"inherited from the supernet in {search.model_dir} (BatchNorm "
+                f"{'recalibrated' if config.selection.recalibrate_bn else 'as trained'})",
+                preprocessing=data.preprocessing_metadata(config.data),
+                extra_metadata={"search": row},
+            )
             row["entry"] = str(folder)
     result["winner"]["entry"] = rows[best].get("entry")
     plot(search, rows, best)
@@ -96,12 +120,17 @@ def plot(search, rows, best) -> None:
     figure, axes = pyplot.subplots(figsize=(7, 4.5), dpi=120)
     if search.history:
         history = np.asarray(search.history, dtype=np.float64)
-        axes.scatter(history[:, 0] / 1e6, history[:, 1], s=3, alpha=0.15, color="gray",
-                     label="sampled paths (training batch)")
-    axes.scatter([r["mflops"] for r in rows], [r["val_top1"] for r in rows], s=30, color="tab:blue",
-                 label="board paths (held-out)")
-    axes.scatter([rows[best]["mflops"]], [rows[best]["val_top1"]], s=160, marker="*", color="tab:red",
-                 label="selected")
+        axes.scatter(
+            history[:, 0] / 1e6, history[:, 1], s=3, alpha=0.15, color="gray", label="sampled paths (training batch)"
+        )
+    axes.scatter(
+        [r["mflops"] for r in rows],
+        [r["val_top1"] for r in rows],
+        s=30,
+        color="tab:blue",
+        label="board paths (held-out)",
+    )
+    axes.scatter([rows[best]["mflops"]], [rows[best]["val_top1"]], s=160, marker="*", color="tab:red", label="selected")
     axes.set_xlabel("MFLOPs (multiply-adds)")
     axes.set_ylabel("top-1 (%)")
     axes.set_title("Cream search")

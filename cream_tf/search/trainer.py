@@ -61,10 +61,24 @@ class CreamTrainer(FitModel):
         self.meta = MetaMatchingNetwork(s, self.num_classes)
         variables = supernet.trainable_variables
         groups, self.owners = supernet.groups(variables)
-        self.path_optimizer = PathSGD(variables, groups, decays(variables), self.train_config.momentum,
-                                      self.train_config.nesterov, self.train_config.weight_decay, name="supernet_sgd")
-        self.meta_optimizer = PathSGD(self.meta.trainable_variables, [[0, 1]], [False, False],
-                                      self.cream.meta_momentum, nesterov=False, clip_norm=1.0, name="meta_sgd")
+        self.path_optimizer = PathSGD(
+            variables,
+            groups,
+            decays(variables),
+            self.train_config.momentum,
+            self.train_config.nesterov,
+            self.train_config.weight_decay,
+            name="supernet_sgd",
+        )
+        self.meta_optimizer = PathSGD(
+            self.meta.trainable_variables,
+            [[0, 1]],
+            [False, False],
+            self.cream.meta_momentum,
+            nesterov=False,
+            clip_norm=1.0,
+            name="meta_sgd",
+        )
 
         def state(shape, dtype="float32"):
             return keras.Variable(np.zeros(shape, dtype), trainable=False)
@@ -92,8 +106,9 @@ class CreamTrainer(FitModel):
 
     def load_board(self, board: PrioritizedBoard) -> None:
         """Copies the host board into the variables the graph reads."""
-        images, probs, paths = (np.zeros(v.shape, v.dtype) for v in
-                                (self.board_images, self.board_probs, self.board_paths))
+        images, probs, paths = (
+            np.zeros(v.shape, v.dtype) for v in (self.board_images, self.board_probs, self.board_paths)
+        )
         for i, entry in enumerate(board.entries):
             images[i], probs[i], paths[i] = entry.images, entry.probs, entry.path
         self.board_images.assign(images)
@@ -165,15 +180,17 @@ class CreamTrainer(FitModel):
         variables = self.path_optimizer.variables
         with tf.GradientTape() as tape:
             logits = self.supernet(images, path, training=True)
-            ce = keras.losses.categorical_crossentropy(onehot, logits, from_logits=True,
-                                                       label_smoothing=self.train_config.label_smoothing)
+            ce = keras.losses.categorical_crossentropy(
+                onehot, logits, from_logits=True, label_smoothing=self.train_config.label_smoothing
+            )
             kd = tf.where(distill, soft_cross_entropy(teacher, logits), 0.0)
             per_example = tf.where(distill, (m * kd + (2.0 - m) * ce) / 2.0, ce)
             loss = tf.reduce_sum(per_example) / batch  # global-batch mean once summed over replicas
         grads = tape.gradient(loss, variables)
         self.path_optimizer.apply(grads, self.supernet.used(path, self.owners), lr)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                                 tf.cast(labels, tf.int32)), tf.float32))
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32)), tf.float32)
+        )
         s = self.cream.slice
         sample_images, sample_probs = images[:s], tf.nn.softmax(logits[:s])
         context = tf.distribute.get_replica_context()
@@ -183,8 +200,16 @@ class CreamTrainer(FitModel):
             sample_probs = context.all_gather(sample_probs, axis=0)[:s]
         count = tf.cast(tf.shape(labels)[0], tf.float32)
         # Every replica returns the global figures (Keras averages what replicas return).
-        figures = _global_sums({"loss": loss, "ce": tf.reduce_sum(ce) / batch, "kd": tf.reduce_sum(kd) / batch,
-                                "matching": m * count / batch, "correct": correct, "count": count})
+        figures = _global_sums(
+            {
+                "loss": loss,
+                "ce": tf.reduce_sum(ce) / batch,
+                "kd": tf.reduce_sum(kd) / batch,
+                "matching": m * count / batch,
+                "correct": correct,
+                "count": count,
+            }
+        )
         return {**figures, "teacher": index, "images": sample_images, "probs": sample_probs}
 
     # --- the meta step ----------------------------------------------------------------------
@@ -198,7 +223,7 @@ class CreamTrainer(FitModel):
         dL/dtheta = -lr * <grad L(w'), g> * dm/dtheta: no second derivatives are needed.
         """
         s = self.cream.slice
-        x1, x2, y2 = images[:s], images[s:2 * s], labels[s:2 * s]
+        x1, x2, y2 = images[:s], images[s : 2 * s], labels[s : 2 * s]
         scores, features = self.score_board(path)
         index = tf.argmax(scores, output_type=tf.int32)
         teacher = self.teacher_probs(x1, self.board_paths[index])
@@ -228,6 +253,7 @@ class CreamTrainer(FitModel):
 
     def meta_step(self, images, labels, path, lr, run):
         """Updates the meta network when `run` (a boolean tensor) holds; one graph either way."""
+
         def compute():
             grads, _, m, val_loss = self.meta_gradient(images, labels, path, lr)
             return grads, m, val_loss
