@@ -29,12 +29,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))  # torch_reference, the timm build the tests use
 
 # torch (and timm's torchvision) before TensorFlow: the other order segfaults (tests/conftest.py).
+import torch  # noqa: E402
+from torch_reference import numpy_state_dict, timm_cream  # noqa: E402
+
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import torch  # noqa: E402
 from _common import alternate, machine, speedup, table, use_cores  # noqa: E402
-from torch_reference import numpy_state_dict, timm_cream  # noqa: E402
 
 from cream_tf import zoo  # noqa: E402
 from cream_tf.arch import Arch  # noqa: E402

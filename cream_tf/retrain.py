@@ -151,7 +151,7 @@ class RecipeModel(FitModel):
         figures = {"loss": loss, "ce": ce, "correct": correct}
         if replicas > 1:  # every replica returns the global figures (Keras averages what replicas return)
             figures = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, figures)
-        return figures
+        return self.step_outputs(figures)
 
     def _update_ema(self, strategy):
         decay = tf.constant(self.recipe.ema_decay, tf.float32)

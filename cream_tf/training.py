@@ -44,6 +44,23 @@ class FitModel(keras.Model):
         if not self.built:
             super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
+    @staticmethod
+    def step_outputs(outputs: dict) -> dict:
+        """What a train_step returns, in the shape Keras can average over the replicas.
+
+        Every replica returns the same global figures; Keras averages them. Across workers
+        (MultiWorkerMirroredStrategy with a cluster) it averages along axis 0, which a scalar
+        does not have (Keras 3.15 raises), so there every value gets a leading axis of one, which
+        the average takes off again. The test is Keras' own (backend/tensorflow/trainer.py).
+        """
+        strategy = tf.distribute.get_strategy()
+        if (
+            isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode()
+        ):
+            return {key: value[None] for key, value in outputs.items()}
+        return outputs
+
 
 class TrainingRun:
     """One run in `model_dir`; a later run there resumes from its latest checkpoint.
@@ -75,7 +92,8 @@ class TrainingRun:
         self.seed, self.data_config, self.split = seed, data_config, split
         self.epochs, self.checkpoint_every = epochs, checkpoint_every
         # The data is checked (present, labels in range) before any model is built.
-        self.steps_per_epoch = steps_per_epoch or data.num_examples(data_config, split) // data_config.batch_size
+        available = data.num_examples(data_config, split)
+        self.steps_per_epoch = steps_per_epoch or available // data_config.batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f"Split {split!r} has fewer images than one batch of {data_config.batch_size}; lower data.batch_size."

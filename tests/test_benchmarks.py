@@ -77,7 +77,12 @@ def table_with(output: str, column: str) -> list[dict[str, str]]:
 def test_supernet_step_smoke():
     output = run_smoke("supernet_step.py")
     rows = {row["step"]: row for row in table_with(output, "ratio to plain")}
-    assert set(rows) == {"plain child step", "supernet, single path", "supernet, distillation + meta scoring"}
+    assert set(rows) == {
+        "plain child step",
+        "supernet, single path",
+        "supernet, distillation + meta scoring",
+        "supernet, single path, bare tf.function",
+    }
     for row in rows.values():
         positive(row["ms/step"]), positive(row["ratio to plain"])
     assert rows["plain child step"]["ratio to plain"] == "1.00x"

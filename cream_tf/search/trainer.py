@@ -157,7 +157,7 @@ class CreamTrainer(FitModel):
         meta = {}
         if self.cream.pick_method == "meta":  # on the weights before this step's update, as the official order
             meta = self.meta_step(images, labels, path, lr, self.step_meta.value > 0)
-        return {**meta, **self.distill_step(images, labels, path, lr, self.step_distill.value > 0)}
+        return self.step_outputs({**meta, **self.distill_step(images, labels, path, lr, self.step_distill.value > 0)})
 
     def distill_step(self, images, labels, path, lr, distill):
         """One replica's part of a step. `distill` is a boolean tensor, so warm-up and
