@@ -18,7 +18,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 MODES = ("search", "describe", "export", "convert", "retrain", "eval")
 DEFAULT_SEARCH_CONFIG = os.path.join(

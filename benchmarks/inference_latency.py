@@ -37,8 +37,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 
-from _common import alternate, machine, speedup, table, use_cores  # noqa: E402
-from hardware_peak import cpu_peak  # noqa: E402
+from _common import alternate, machine, speedup, table, use_cores
+from hardware_peak import cpu_peak
 
 RUNTIMES = {
     "keras": "Keras (tf.function)",

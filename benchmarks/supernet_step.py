@@ -23,16 +23,16 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from _common import machine  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from _common import machine
 
-from cream_tf import config as config_lib  # noqa: E402
-from cream_tf.search.board import Entry, PrioritizedBoard  # noqa: E402
-from cream_tf.search.run import build_space  # noqa: E402
-from cream_tf.search.trainer import CreamTrainer  # noqa: E402
-from cream_tf.supernet import Supernet  # noqa: E402
+from cream_tf import config as config_lib
+from cream_tf.search.board import Entry, PrioritizedBoard
+from cream_tf.search.run import build_space
+from cream_tf.search.trainer import CreamTrainer
+from cream_tf.supernet import Supernet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

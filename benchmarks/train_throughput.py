@@ -29,19 +29,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))  # torch_reference, the timm build the tests use
 
 # torch (and timm's torchvision) before TensorFlow: the other order segfaults (tests/conftest.py).
-import torch  # noqa: E402
-from torch_reference import numpy_state_dict, timm_cream  # noqa: E402
+import torch
+from torch_reference import numpy_state_dict, timm_cream
 
 # isort: split
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from _common import alternate, machine, speedup, table, use_cores  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from _common import alternate, machine, speedup, table, use_cores
 
-from cream_tf import zoo  # noqa: E402
-from cream_tf.arch import Arch  # noqa: E402
-from cream_tf.childnet import build_child  # noqa: E402
-from cream_tf.convert import load_state_dict  # noqa: E402
+from cream_tf import zoo
+from cream_tf.arch import Arch
+from cream_tf.childnet import build_child
+from cream_tf.convert import load_state_dict
 
 LR, MOMENTUM = 0.01, 0.9
 # name -> (architecture, batch); the Fashion-MNIST net is the default search's winner.

@@ -90,8 +90,8 @@ class Block(keras.layers.Layer):
         super().__init__(**kwargs)
         self.spec = spec
         p = spec.name
-        bn = lambda name: _bn(name, fused_bn)  # noqa: E731
-        swish = lambda suffix: layers.Activation("swish", name=f"{p}_{suffix}")  # noqa: E731
+        bn = lambda name: _bn(name, fused_bn)
+        swish = lambda suffix: layers.Activation("swish", name=f"{p}_{suffix}")
         se, before_se, after_se = [], [], []
         if spec.kind in ("stem", "cn"):
             conv_name = "conv_stem" if spec.kind == "stem" else f"{p}_conv"

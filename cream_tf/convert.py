@@ -48,11 +48,11 @@ def _expected(layer) -> dict[str, callable]:
     if isinstance(layer, keras.layers.BatchNormalization):
         return {f"{prefix}.{field}": (lambda a: a) for field in _BN_FIELDS}
     if isinstance(layer, keras.layers.DepthwiseConv2D):
-        kernel = lambda a: np.transpose(a, (2, 3, 0, 1))  # noqa: E731
+        kernel = lambda a: np.transpose(a, (2, 3, 0, 1))
     elif isinstance(layer, keras.layers.Conv2D):
-        kernel = lambda a: np.transpose(a, (2, 3, 1, 0))  # noqa: E731
+        kernel = lambda a: np.transpose(a, (2, 3, 1, 0))
     elif isinstance(layer, keras.layers.Dense):
-        kernel = lambda a: np.transpose(a)  # noqa: E731
+        kernel = lambda a: np.transpose(a)
     else:
         return {}
     expected = {f"{prefix}.weight": kernel}

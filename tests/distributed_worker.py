@@ -13,21 +13,21 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
 MODE, OUT = sys.argv[1], sys.argv[2]
 if MODE == "mirrored":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-import keras  # noqa: E402
+import keras
 
-from cream_tf.arch import SearchSpace  # noqa: E402
-from cream_tf.config import SearchConfig  # noqa: E402
-from cream_tf.search.board import Entry, PrioritizedBoard  # noqa: E402
-from cream_tf.search.trainer import CreamTrainer  # noqa: E402
-from cream_tf.supernet import Supernet  # noqa: E402
+from cream_tf.arch import SearchSpace
+from cream_tf.config import SearchConfig
+from cream_tf.search.board import Entry, PrioritizedBoard
+from cream_tf.search.trainer import CreamTrainer
+from cream_tf.supernet import Supernet
 
 SPACE = SearchSpace.create(
     (1, 1, 1, 1, 1), input_size=16, in_channels=1, num_classes=10, stem_stride=1, stem_channels=8, dropout=0.0

@@ -194,7 +194,7 @@ def test_retrain_resumes_after_a_stop_at_the_right_epoch(tmp_path):
 def test_learning_rate_follows_the_paper_schedule():
     recipe = RecipeConfig()  # 0.064 per 1024 images, 3 warm-up epochs from 1e-6, x0.973 every 2.4 epochs
     schedule = optim.RecipeSchedule(recipe, batch_size=256, steps_per_epoch=100)
-    lr = lambda step: float(schedule(step))  # noqa: E731
+    lr = lambda step: float(schedule(step))
     assert lr(0) == pytest.approx(1e-6)
     assert lr(150) == pytest.approx(1e-6 + (0.016 - 1e-6) / 2)
     assert lr(300) == pytest.approx(0.016 * 0.973)  # the decay counts from step 0: 300 steps > 2.4 epochs
