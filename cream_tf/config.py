@@ -154,6 +154,9 @@ class CreamConfig:
     meta_update_every: int = 200  # steps between meta network updates
     meta_lr: float = 1e-4
     meta_momentum: float = 0.9
+    # Learning rate of the meta step's simulated student step; 0 = the supernet's current lr.
+    # (The official code takes the meta lr here, which scales the meta gradient down with it.)
+    simulated_step_lr: float = 0.0
     prior: tuple[float, ...] = (0.05, 0.2, 0.05, 0.5, 0.05, 0.15)  # per choice; empty = uniform
     max_sampling_tries: int = 10000  # rejection sampling to the FLOPs range
 

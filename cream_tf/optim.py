@@ -58,21 +58,24 @@ class PathSGD:
         ]
         self.iterations = keras.Variable(0, dtype="int64", trainable=False, name=f"{name}_iterations")
 
-    def apply(self, grads, used, lr) -> None:
-        """grads: per variable (this replica's part); used: per group, a boolean (tensor)."""
+    def apply(self, grads, used, lr):
+        """grads: per variable (this replica's part); used: per group, a boolean (tensor).
+        Returns the gradients' global norm (summed over replicas, before clipping)."""
         grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, self.variables)]
         used = [tf.convert_to_tensor(u) for u in used]
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        norm = tf.linalg.global_norm(grads)
         if self.clip_norm:
-            grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
+            grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
         if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
             self._apply(tf.distribute.get_strategy(), grads, used, lr)
         elif tf.distribute.has_strategy():
             context.merge_call(self._apply, args=(grads, used, lr))
         else:
             self._apply(tf.distribute.get_strategy(), grads, used, lr)
+        return norm
 
     def _apply(self, strategy, grads, used, lr):
         local = strategy.experimental_local_results

@@ -17,6 +17,9 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # Every benchmark script; files named _*.py are helper modules the scripts import.
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
+# Studies take hours and run on their own, not from run_all.sh; their tables hold signed figures.
+STUDIES = ["search_quality.py"]
+TIMINGS = [script for script in SCRIPTS if script not in STUDIES]
 HELPERS = sorted(p.name for p in BENCHMARKS.glob("_*.py"))
 
 
@@ -136,7 +139,7 @@ RATIO_COLUMNS = ("ratio to plain", "ours / PyTorch", "speed vs ONNX Runtime", "s
 TEXT_COLUMNS = ("step", "net", "input", "runtime", "comparison", "target")
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", TIMINGS)
 def test_smoke_output_tables_are_well_formed(script):
     """Any script, also one added later: its smoke run prints tables with a header, data rows, and
     figures that are positive finite numbers (ratios as '1.23x')."""
@@ -161,11 +164,11 @@ def run_all_scripts() -> list[str]:
 
 
 def test_run_all_runs_every_script_once():
-    assert SCRIPTS, "no benchmark scripts found"
+    assert TIMINGS, "no benchmark scripts found"
     run = run_all_scripts()
-    assert sorted(run) == SCRIPTS, (
+    assert sorted(run) == TIMINGS, (
         f"benchmarks/run_all.sh runs {sorted(run)}; the benchmark scripts are "
-        f"{SCRIPTS}: add a `run <script>.py` line for each one"
+        f"{TIMINGS}: add a `run <script>.py` line for each one (or list a long study in STUDIES)"
     )
 
 
@@ -174,3 +177,31 @@ def test_helper_modules_are_not_scripts():
     assert "_common.py" in HELPERS
     for helper in HELPERS:
         assert "__main__" not in (BENCHMARKS / helper).read_text(), f"{helper} is a script; drop the underscore"
+
+
+def test_rank_correlations_match_a_hand_computed_example():
+    sys.path.insert(0, str(BENCHMARKS))
+    from search_quality import kendall_tau, spearman_rho
+
+    # Pairs of x = 1..5 against y = 3, 1, 2, 5, 4: discordant (1,2), (1,3), (4,5), the other 7
+    # concordant, so tau = (7 - 3) / 10. Rank differences -2, 1, 1, -1, 1: rho = 1 - 6 * 8 / (5 * 24).
+    assert kendall_tau([1, 2, 3, 4, 5], [3, 1, 2, 5, 4]) == pytest.approx(0.4)
+    assert spearman_rho([1, 2, 3, 4, 5], [3, 1, 2, 5, 4]) == pytest.approx(0.6)
+    # Ties (tau-b): x = 1, 2, 2, 3 and y = 1, 3, 2, 3: of 6 pairs, 4 concordant, 0 discordant, one tie
+    # in x and one in y, so tau = 4 / sqrt(5 * 5).
+    assert kendall_tau([1, 2, 2, 3], [1, 3, 2, 3]) == pytest.approx(0.8)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_search_quality_smoke_reports_every_method():
+    output = run_smoke("search_quality.py")
+    per_run, per_method, noise = tables(output)
+    assert {row["method"] for row in per_run} == {"meta", "top1", "none"}
+    assert {row["method"] for row in per_method} == {"meta", "top1", "none"}
+    for row in per_run:
+        for column in ("tau (all)", "rho (all)"):
+            value = float(row[column])
+            assert math.isnan(value) or -1 <= value <= 1, row
+        assert re.fullmatch(r"(\[[0-5](,[0-5])*\])+", row["winner"]), row
+        positive(row["winner alone"]), positive(row["supernet seconds"])
+    assert int(noise[0]["paths repeated"]) >= 1

@@ -216,6 +216,40 @@ def _fill_board(trainer, seed=11):
     return board
 
 
+def log_softmax(logits):
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def test_distillation_loss_is_the_papers_mix_of_kd_and_ce(trainer):
+    """One step after warm-up, recomputed independently in numpy from the same logits:
+    teacher = the board entry with the best meta score, m = sigmoid(its score),
+    loss = mean((m * KD + (2 - m) * CE) / 2), CE label-smoothed (0.1), KD against the teacher's softmax."""
+    board = _fill_board(trainer, seed=13)
+    images, labels = _batch(31)
+    path = random_path(SPACE, np.random.default_rng(14))
+    scores = []
+    for k in range(len(board)):
+        probs = tf.nn.softmax(trainer.supernet(board.entries[k].images, path, training=False)).numpy()
+        feature = (probs - board.entries[k].probs).reshape(1, -1)
+        scores.append((feature @ trainer.meta.dense.kernel.numpy() + trainer.meta.dense.bias.numpy()).item())
+    teacher = int(np.argmax(scores))
+    m = 1 / (1 + np.exp(-scores[teacher]))
+    with keras.StatelessScope():  # the step's own training-mode forwards, leaving the statistics alone
+        logits = trainer.supernet(images, path, training=True).numpy().astype(np.float64)
+        teacher_probs = tf.nn.softmax(trainer.supernet(images, np.array(board.entries[teacher].path), training=True))
+    smoothed = np.eye(10)[labels] * 0.9 + 0.1 / 10
+    ce = -(smoothed * log_softmax(logits)).sum(-1)
+    kd = -(teacher_probs.numpy() * log_softmax(logits)).sum(-1)
+    out = train_step(trainer, images, labels, path, 0.0, distill=True)
+    assert out["teacher"] == teacher
+    np.testing.assert_allclose(out["matching"], m, rtol=1e-5)
+    np.testing.assert_allclose(out["kd"], kd.mean(), rtol=1e-4)
+    np.testing.assert_allclose(out["ce"], ce.mean(), rtol=1e-4)
+    np.testing.assert_allclose(out["loss"], ((m * kd + (2 - m) * ce) / 2).mean(), rtol=1e-4)
+    assert abs(out["loss"] - ce.mean()) > 1e-3  # distillation changed the loss: the check can fail
+
+
 def test_teacher_is_the_best_scoring_entry_and_m_is_its_sigmoid(trainer):
     _fill_board(trainer)
     path = tf.constant(random_path(SPACE, np.random.default_rng(3)))
@@ -349,7 +383,7 @@ def test_two_workers_on_localhost_end_with_equal_weights(tmp_path):
 TINY = """
 data: {name: fashion_mnist, image_size: 16, channels: 1, num_classes: 10, validation_size: 256, batch_size: 32}
 space: {flops_max: 100, depths: [1, 1, 1, 1, 1], stem_stride: 1, stem_channels: 8}
-cream: {board_size: 2, warmup_epochs: 1, meta_update_every: 3}
+cream: {board_size: 2, warmup_epochs: 1, meta_update_every: 2}
 train: {epochs: 2, steps_per_epoch: 5, lr: 0.05, deterministic: true}
 selection: {recalibrate_batches: 2, eval_batches: 2}
 """
@@ -370,10 +404,29 @@ def _final_state(model_dir):
     }
 
 
+def scalars(run_dir, tag) -> dict[int, float]:
+    values = {}
+    for path in (run_dir / "tensorboard").iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
 def test_search_runs_end_to_end_and_resumes_exactly(tmp_path):
     whole = Search(_tiny(tmp_path), tmp_path / "whole", strategy=tf.distribute.get_strategy())
+    meta_before = [v.numpy() for v in whole.trainer.meta.trainable_variables]
     result = whole.run()
     run_dir = tmp_path / "whole"
+    # Cream, not SPOS: the second epoch distils (KD > 0 at its last step, the 10th), and the meta
+    # network is updated at batches 2 and 4 of it (every 2 steps, not at batch 0), and moves.
+    assert scalars(run_dir, "train/kd")[10] > 0
+    assert whole.meta_updates == 2 and sorted(scalars(run_dir, "meta/grad_norm")) == [7, 9]
+    assert all(v > 0 for v in scalars(run_dir, "meta/change").values())
+    moved = [np.abs(v.numpy() - b).max() for v, b in zip(whole.trainer.meta.trainable_variables, meta_before)]
+    assert max(moved) > 0
+    assert [row[3] >= 0 for row in whole.history] == [False] * 6 + [True] * 4  # a teacher from step 7 on
     for name in ("config.yaml", "board.json", "search_result.json", "search_plot.png"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tensorboard").iterdir())
@@ -409,6 +462,7 @@ def test_search_runs_end_to_end_and_resumes_exactly(tmp_path):
         ("space.flops_max=0.5", "No path of this search space meets the FLOPs range"),
         ("data.num_classes=5", "set data.num_classes to 10"),
         ("cream.pick_method=best", "cream.pick_method='best' is not valid; valid: meta, top1, none"),
+        ("cream.meta_update_every=5", "would never update the meta network"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, override, message):

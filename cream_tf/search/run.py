@@ -67,6 +67,17 @@ class Search(TrainingRun):
             steps_per_epoch=train.steps_per_epoch,
             epochs=train.epochs,
         )
+        cream = config.cream
+        if cream.pick_method == "meta" and (
+            train.epochs <= cream.warmup_epochs or self.steps_per_epoch <= cream.meta_update_every
+        ):
+            raise ValueError(
+                f"cream.pick_method='meta' would never update the meta network: it updates every "
+                f"cream.meta_update_every={cream.meta_update_every} steps of an epoch after the "
+                f"cream.warmup_epochs={cream.warmup_epochs} warm-up epochs, and there are "
+                f"{self.steps_per_epoch} steps per epoch and train.epochs={train.epochs}; valid are "
+                "meta_update_every below the steps per epoch and more epochs than warm-up ones."
+            )
         self.space = build_space(config)
         self.sampler = PathSampler(
             self.space,
@@ -80,7 +91,8 @@ class Search(TrainingRun):
             self.trainer = CreamTrainer(self.supernet, config, config.data.batch_size)
             self.trainer.compile(optimizer=None, jit_compile=train.jit_compile)
         self.board = PrioritizedBoard(config.cream.board_size, config.cream.accuracy_gap)
-        self.step, self.history = 0, []  # history: (macs, top-1) per step
+        # history: per step (macs, top-1, matching value m, teacher index; -1 without a teacher)
+        self.step, self.history, self.meta_updates = 0, [], 0
 
     # --- what the training skeleton asks for ------------------------------------------------
 
@@ -97,6 +109,7 @@ class Search(TrainingRun):
     def host_state(self) -> dict:
         return {
             "step": self.step,
+            "meta_updates": self.meta_updates,
             "sampler": self.sampler.state(),
             "board": [{"path": e.path, "accuracy": e.accuracy, "macs": e.macs} for e in self.board.entries],
             "history": self.history,
@@ -104,6 +117,7 @@ class Search(TrainingRun):
 
     def set_host_state(self, state: dict) -> None:
         self.step, self.history = state["step"], [tuple(h) for h in state["history"]]
+        self.meta_updates = state["meta_updates"]
         self.sampler.set_state(state["sampler"])
         images, probs = self.trainer.board_images.numpy(), self.trainer.board_probs.numpy()
         self.board.entries = [
@@ -191,7 +205,7 @@ class _SearchStep(keras.callbacks.Callback):
         warm = search.epoch < cream.warmup_epochs
         path, self.macs = search.sampler.sample()
         self.distill = cream.pick_method != "none" and not warm and len(search.board) > 0
-        meta = self.distill and batch > 0 and batch % cream.meta_update_every == 0
+        meta = cream.pick_method == "meta" and self.distill and batch > 0 and batch % cream.meta_update_every == 0
         self.lr = search.learning_rate(search.step)
         self.path = path
         search.trainer.set_step(path, self.lr, self.distill, meta)
@@ -201,7 +215,8 @@ class _SearchStep(keras.callbacks.Callback):
         search, logs = self.search, logs or {}
         top1 = _top1(logs)
         if self.meta:
-            search.scalars(search.step, {f"meta/{k}": logs[k] for k in ("meta_val_loss", "meta_matching")})
+            search.meta_updates += 1
+            self.log_meta_step(logs)
         if search.epoch >= search.config.cream.warmup_epochs and search.board.offer(
             Entry(
                 tuple(int(c) for c in self.path),
@@ -212,7 +227,8 @@ class _SearchStep(keras.callbacks.Callback):
             )
         ):
             search.trainer.load_board(search.board)
-        search.history.append((int(self.macs), round(top1, 3)))
+        teacher = int(logs["teacher"]) if self.distill else -1
+        search.history.append((int(self.macs), round(top1, 3), round(float(logs["matching"]), 5), teacher))
         search.step += 1
         search._sums["loss"] += float(logs["loss"])
         search._sums["top1"] += top1
@@ -229,3 +245,25 @@ class _SearchStep(keras.callbacks.Callback):
                     "train/mflops": self.macs / 1e6,
                 },
             )
+
+    def log_meta_step(self, logs: dict) -> None:
+        """What shows that the meta network learns: its gradient before clipping, its norm and
+        how far this update moved it, and the matching values and teachers since the last update."""
+        search = self.search
+        names = {
+            "grad_norm": "meta_grad_norm",
+            "norm": "meta_norm",
+            "change": "meta_change",
+            "val_loss": "meta_val_loss",
+            "matching": "meta_matching",
+        }
+        search.scalars(search.step, {f"meta/{name}": logs[key] for name, key in names.items()})
+        since = [row for row in search.history[-search.config.cream.meta_update_every :] if row[3] >= 0]
+        if search.writer is not None and since:
+            with search.writer.as_default(step=search.step):
+                tf.summary.histogram("meta/matching_values", np.array([row[2] for row in since], np.float32))
+                tf.summary.histogram(
+                    "meta/teacher_index",
+                    np.array([row[3] for row in since], np.float32),
+                    buckets=search.config.cream.board_size,
+                )

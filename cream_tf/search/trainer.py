@@ -23,11 +23,21 @@ from cream_tf.training import FitModel
 
 class MetaMatchingNetwork(keras.layers.Layer):
     """Scores a (student, board entry) pair from the difference of their softmax outputs on the
-    entry's stored images: one dense unit over the flattened [slice x classes] difference."""
+    entry's stored images: one dense unit over the flattened [slice x classes] difference.
+
+    Initialized as the official code does (its EfficientNet init with fan-out 1): kernel
+    U(-1, 1), bias 0. Keras' default (Glorot, limit sqrt(6 / (slice * classes + 1))) would make
+    the scores, and so m, nearly constant for large class counts.
+    """
 
     def __init__(self, slice_size: int, num_classes: int, **kwargs):
         super().__init__(name=kwargs.pop("name", "meta_matching"), **kwargs)
-        self.dense = keras.layers.Dense(1, name="meta_dense")
+        self.dense = keras.layers.Dense(
+            1,
+            kernel_initializer=keras.initializers.RandomUniform(-1.0, 1.0),
+            bias_initializer="zeros",
+            name="meta_dense",
+        )
         self.dense.build((None, slice_size * num_classes))
 
     def call(self, differences):
@@ -261,11 +271,21 @@ class CreamTrainer(FitModel):
         def skip():
             return [tf.zeros_like(v) for v in self.meta.trainable_variables], tf.constant(0.0), tf.constant(0.0)
 
+        if self.cream.simulated_step_lr > 0:  # the official code steps with the meta network's own lr
+            lr = tf.constant(self.cream.simulated_step_lr, tf.float32)
         grads, m, val_loss = tf.cond(run, compute, skip)
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         grads = [g / replicas for g in grads]  # PathSGD sums over replicas: average them
-        self.meta_optimizer.apply(grads, [run], self.cream.meta_lr)
-        return _global_sums({"meta_val_loss": val_loss / replicas, "meta_matching": m / replicas})
+        before = [tf.identity(v) for v in self.meta.trainable_variables]
+        norm = self.meta_optimizer.apply(grads, [run], self.cream.meta_lr)
+        after = self.meta.trainable_variables
+        # Every replica holds the same meta network and the same reduced norm: report one copy.
+        return {
+            **_global_sums({"meta_val_loss": val_loss / replicas, "meta_matching": m / replicas}),
+            "meta_grad_norm": norm,
+            "meta_norm": tf.linalg.global_norm(after),
+            "meta_change": tf.linalg.global_norm([a - b for a, b in zip(after, before)]),
+        }
 
 
 def _global_sums(values: dict) -> dict:
