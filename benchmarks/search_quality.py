@@ -182,17 +182,26 @@ class Study:
         return runs[repeat]
 
     def matched_random(self, space: SearchSpace, mflops: float) -> list[str]:
-        """`--random` paths drawn uniformly within +-5% of `mflops` (fixed seed per FLOPs value)."""
+        """`--random` paths within +-5% of `mflops`, drawn uniformly. Paths drawn before for
+        another winner count when they fall in this window too (winners sit near the budget,
+        so this saves most of the stand-alone training), then fresh draws seeded by `mflops`."""
         table = FlopsTable(space)
+        pool = self.state.setdefault("random", [])
+
+        def matched(path) -> bool:
+            return abs(table.macs(path) / 1e6 - mflops) <= 0.05 * mflops
+
+        found = [name for name in pool if matched(_flat(name))][: self.args.random]
         rng = np.random.default_rng(int(mflops * 1000))
-        found = []
         for _ in range(100000):
+            if len(found) >= self.args.random:
+                break
             path = tuple(int(c) for c in rng.integers(0, 6, len(space.positions)))
             name = str(space.arch(path).path)
-            if abs(table.macs(path) / 1e6 - mflops) <= 0.05 * mflops and name not in found:
+            if matched(path) and name not in found:
                 found.append(name)
-            if len(found) == self.args.random:
-                break
+                pool.append(name)
+        self.save()
         return found
 
     def run(self):

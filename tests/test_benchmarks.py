@@ -18,7 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # Every benchmark script; files named _*.py are helper modules the scripts import.
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
 # Studies take hours and run on their own, not from run_all.sh; their tables hold signed figures.
-STUDIES = ["search_quality.py"]
+STUDIES = ["search_dynamics.py", "search_quality.py"]
 TIMINGS = [script for script in SCRIPTS if script not in STUDIES]
 HELPERS = sorted(p.name for p in BENCHMARKS.glob("_*.py"))
 
@@ -205,3 +205,15 @@ def test_search_quality_smoke_reports_every_method():
         assert re.fullmatch(r"(\[[0-5](,[0-5])*\])+", row["winner"]), row
         positive(row["winner alone"]), positive(row["supernet seconds"])
     assert int(noise[0]["paths repeated"]) >= 1
+
+
+def test_search_dynamics_smoke_compares_inits_and_sees_the_meta_network_move():
+    output = run_smoke("search_dynamics.py")
+    inits, meta = tables(output)
+    assert [row["init"] for row in inits] == ["official (He normal, fan-out)", "cream_tf (blocks.conv_initializer)"]
+    for row in inits:
+        positive(row["fresh logits std"]), positive(row["seconds"])
+    (row,) = meta
+    assert int(row["meta updates"]) >= 1, row
+    assert float(row["weights moved (of initial norm)"].rstrip("%")) > 0, row
+    assert 0 < float(row["m mean"]) < 1, row
