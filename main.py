@@ -9,18 +9,22 @@
     python main.py --mode=convert --zoo=cream_287 --checkpoint=287.pth.tar --output_dir=/tmp/cream_287
     python main.py --mode=retrain --search_result=runs/search/search_result.json --model_dir=runs/retrain
     python main.py --mode=eval --model_dir=runs/retrain        # or --model=FILE.keras|.tflite|ENTRY_DIR
+    python main.py --mode=config --config_file=configs/retrain/fashion_mnist.yaml   # every key, type, default
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
-MODES = ("search", "describe", "export", "convert", "retrain", "eval")
+from cream_tf import RunError
+
+MODES = ("search", "describe", "export", "convert", "retrain", "eval", "config")
 DEFAULT_SEARCH_CONFIG = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs", "search", "fashion_mnist.yaml"
 )
@@ -57,6 +61,11 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string(
     "output_dir", None, "export: the entry folder to write; retrain: where its entry goes (default: MODEL_DIR/entry)."
+)
+flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "search/retrain: resume a run in --model_dir even though the config now differs from its config.yaml.",
 )
 flags.DEFINE_bool("overwrite", False, "export/retrain: replace an existing output folder.")
 flags.DEFINE_string(
@@ -173,7 +182,7 @@ def search() -> str:
     from cream_tf.search.run import Search
 
     config = config_lib.load(config_lib.SearchConfig, FLAGS.config_file or DEFAULT_SEARCH_CONFIG, FLAGS.params_override)
-    result = Search(config, FLAGS.model_dir).run()
+    result = Search(config, FLAGS.model_dir).run(allow_config_change=FLAGS.allow_config_change)
     if result is None:
         return "worker finished"
     winner = result["winner"]
@@ -219,7 +228,7 @@ def retrain() -> str:
         weights=FLAGS.weights,
         output_dir=FLAGS.output_dir,
         overwrite=FLAGS.overwrite,
-    ).run()
+    ).run(allow_config_change=FLAGS.allow_config_change)
     if result is None:
         return "worker finished"
     where = f"entry: {result['entry']}\n" if result.get("entry") else ""
@@ -250,6 +259,22 @@ def evaluate() -> dict:
     return figures
 
 
+def show_config() -> str:
+    """The resolved config of --config_file and --params_override (a search config, or a
+    retrain one when the file is one), every key with its type, default and meaning."""
+    from cream_tf import config as config_lib
+
+    file = FLAGS.config_file or DEFAULT_SEARCH_CONFIG
+    try:
+        config = config_lib.load(config_lib.SearchConfig, file, FLAGS.params_override)
+    except ValueError as search_error:
+        try:
+            config = config_lib.load(config_lib.RetrainConfig, file, FLAGS.params_override)
+        except ValueError:
+            raise search_error from None
+    return f"# {type(config).__name__} from {file}\n{config_lib.describe(config)}"
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -265,10 +290,14 @@ def main(argv):
         if FLAGS.mode == "eval":
             evaluate()
             return
+        if FLAGS.mode == "config":
+            print(show_config())
+            return
         arch = _arch_from_flags()
         print({"describe": describe, "export": export, "convert": convert}[FLAGS.mode](arch))
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"Error: {error}") from None
+    except (ValueError, FileNotFoundError, RunError) as error:
+        print(f"Error: {error}", file=sys.stderr)
+        raise SystemExit(getattr(error, "exit_code", 1)) from None
 
 
 if __name__ == "__main__":

@@ -11,6 +11,21 @@ import tempfile
 from pathlib import Path
 
 
+def check_folder(path, what: str) -> None:
+    """Raises ValueError unless `path` is a folder or could be made one, so a run fails on an
+    unusable output path before any work rather than when it first writes."""
+    path = Path(path).absolute()
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"{what} {str(path)!r} cannot be a folder: {str(parent)!r} is a file; choose another path."
+                )
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ValueError(f"{what} {str(path)!r} cannot be written: {str(parent)!r} is not writable.")
+            return
+
+
 def write_bytes(path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,7 +45,8 @@ def write_text(path, text: str) -> None:
 
 
 def write_json(path, data) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    """Strict JSON: a NaN or infinity is an error, not the bare `NaN` that parsers reject."""
+    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ and values of the wrong type are errors that name the key and what is valid.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -176,6 +178,10 @@ class TrainConfig:
     seed: int = 42
     deterministic: bool = False  # TF op determinism (slower; exact resume)
     jit_compile: bool = False  # XLA made a CPU training step ~10x slower here; measure before enabling
+    # Mid-epoch checkpoints as well, so a preempted run loses minutes, not an epoch (0 = off);
+    # SIGTERM and SIGINT always write one before the run stops.
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 0.0
 
 
 @dataclasses.dataclass
@@ -209,6 +215,8 @@ class SearchConfig:
         )
         require(self, "train.lr", lambda v: v > 0, "a number > 0")
         require(self, "train.steps_per_epoch", lambda v: v >= 0, "0 (one pass over the split) or more")
+        for key in ("checkpoint_every_steps", "checkpoint_every_minutes"):
+            require(self, f"train.{key}", lambda v: v >= 0, "0 (off) or more")
 
 
 @dataclasses.dataclass
@@ -251,6 +259,10 @@ class RecipeConfig:
     seed: int = 42
     deterministic: bool = False  # TF op determinism (slower)
     checkpoint_every_epochs: int = 1  # a run resumes from the last of these
+    # Mid-epoch checkpoints as well, so a preempted run loses minutes, not an epoch (0 = off);
+    # SIGTERM and SIGINT always write one before the run stops.
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 0.0
     eval_split: str = "test"  # reported while training, never used to pick weights
     eval_every_epochs: int = 1  # 0 = only at the end
     eval_batches: int = 0  # 0 = the whole split
@@ -298,7 +310,14 @@ class RetrainConfig:
                 "export.calibration_images",
             ),
         )
-        for key in ("steps_per_epoch", "eval_every_epochs", "eval_batches", "ema_recalibrate_batches"):
+        for key in (
+            "steps_per_epoch",
+            "eval_every_epochs",
+            "eval_batches",
+            "ema_recalibrate_batches",
+            "checkpoint_every_steps",
+            "checkpoint_every_minutes",
+        ):
             require(self, f"train.{key}", lambda v: v >= 0, "0 or more")
         for key in ("lr", "decay_epochs", "rmsprop_epsilon"):
             require(self, f"train.{key}", lambda v: v > 0, "a number > 0")
@@ -337,6 +356,12 @@ def _coerce(hint, value, where):
         return tuple(_coerce(item, v, where) for v in value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads 1e4 (no dot) as a string; Python's float syntax is what users mean.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, str, bool) and type(value) is hint:
         return value
     if hint in (int, float, str, bool):
@@ -361,7 +386,7 @@ def parse_override(text: str) -> dict:
     if not text:
         return {}
     if text.startswith("{") or "\n" in text:
-        parsed = yaml.safe_load(text)
+        parsed = _yaml(text, "--params_override")
         if not isinstance(parsed, dict):
             raise ValueError(f"--params_override {text!r} is not a mapping.")
         return parsed
@@ -374,8 +399,19 @@ def parse_override(text: str) -> dict:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = _yaml(raw, f"--params_override {key.strip()}")
     return result
+
+
+def _yaml(text: str, where: str):
+    """yaml.safe_load, its syntax errors as one line with the line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{where} is not valid YAML{at}: {problem}.") from None
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -410,9 +446,45 @@ def load(cls: type[T], config_file: str | None = None, params_override: str = ""
         path = Path(config_file)
         if not path.is_file():
             raise ValueError(f"Config file {config_file!r} does not exist.")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml(path.read_text(), f"Config file {config_file!r}") or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"Config file {config_file!r} is not a mapping of sections (data:, train:, ...).")
     data = merge(data, parse_override(params_override))
     return from_dict(cls, data)
+
+
+def describe(config) -> str:
+    """Every key of `config`, as YAML that loads back, each with its type, default and the
+    comment beside its field in this file: `python main.py --mode=config` prints it."""
+    lines = []
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        cls = type(value)
+        hints, defaults, comments = typing.get_type_hints(cls), cls(), _field_comments(cls)
+        lines.append(f"{section.name}:")
+        for field in dataclasses.fields(value):
+            hint = hints[field.name]
+            kind = f"list of {typing.get_args(hint)[0].__name__}" if typing.get_origin(hint) is tuple else hint.__name__
+            note = f"{kind}, default {_inline(getattr(defaults, field.name))}"
+            if field.name in comments:
+                note += f"; {comments[field.name]}"
+            lines.append(f"  {field.name}: {_inline(getattr(value, field.name))}  # {note}")
+    return "\n".join(lines)
+
+
+def _inline(value) -> str:
+    plain = list(value) if isinstance(value, tuple) else value
+    return yaml.safe_dump(plain, default_flow_style=True).splitlines()[0]
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """The `# ...` comment on each field's line of `cls`'s source."""
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        match = re.match(r"\s+(\w+):[^=]*=.*?#\s*(.+)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2)
+    return comments
 
 
 def save(config, path) -> None:

@@ -16,6 +16,13 @@ def make_strategy() -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy()
 
 
+def workers(strategy: tf.distribute.Strategy) -> int:
+    """How many machines (tasks) train together."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return max(1, sum(len(tasks) for kind, tasks in cluster.items() if kind in ("chief", "worker")))
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this worker writes results: the chief, or worker 0 of a cluster without one."""
     resolver = getattr(strategy, "cluster_resolver", None)

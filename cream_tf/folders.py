@@ -9,9 +9,9 @@ A zoo entry folder (cream_tf.export writes it):
     model_int8.tflite      with data: full-integer post-training quantization
     metadata.json          architecture, input and preprocessing, FLOPs, parameters, weights source
 
-A run's model_dir (search or retrain) holds config.yaml, checkpoints/ (ckpt-N with
-host_state-N.json beside it), tensorboard/, and the run's own results (see cream_tf.search.run
-and cream_tf.retrain).
+A run's model_dir (search or retrain) holds config.yaml, checkpoints/ (ckpt-N, each holding the
+run's host state too), tensorboard/, .lock while a run works there, and the run's own results
+(see cream_tf.search.run and cream_tf.retrain).
 """
 
 from __future__ import annotations

@@ -172,6 +172,10 @@ class Retrainer(TrainingRun):
         an existing output_dir is replaced only with `overwrite`.
     """
 
+    RESULT_FILE = folders.RETRAIN_RESULT_FILE
+    REPORTING_KEYS = TrainingRun.REPORTING_KEYS + ("export.", "train.eval_")
+    SUMMED = ("loss", "ce", "correct")
+
     def __init__(
         self,
         config: RetrainConfig,
@@ -197,9 +201,12 @@ class Retrainer(TrainingRun):
             steps_per_epoch=self.recipe.steps_per_epoch,
             epochs=self.recipe.epochs,
             checkpoint_every=self.recipe.checkpoint_every_epochs,
+            checkpoint_every_steps=self.recipe.checkpoint_every_steps,
+            checkpoint_every_minutes=self.recipe.checkpoint_every_minutes,
         )
         self.weights = weights
         self.output_dir = Path(output_dir) if output_dir else self.model_dir / "entry"
+        atomic.check_folder(self.output_dir, "output_dir")
         self.overwrite = overwrite or not output_dir
         self.mixed = self.recipe.mixed_precision and bool(tf.config.list_logical_devices("GPU"))
         if self.recipe.mixed_precision and not self.mixed:
@@ -266,12 +273,11 @@ class Retrainer(TrainingRun):
     def callbacks(self) -> list[keras.callbacks.Callback]:
         batch = self.config.data.batch_size
         return [
-            _EpochFigures(self),
             Progress(self, lambda logs: [("loss", logs["loss"]), ("top1", 100.0 * logs["correct"] / batch)]),
         ]
 
     def end_epoch(self, logs: dict) -> None:
-        recipe, sums, steps = self.recipe, self._sums, self.steps_per_epoch
+        recipe, sums, steps = self.recipe, self.sums, self.steps_per_epoch
         row = {
             "epoch": self.epoch,
             "loss": sums["loss"] / steps,
@@ -281,7 +287,7 @@ class Retrainer(TrainingRun):
         }
         if recipe.eval_every_epochs and self.epoch % recipe.eval_every_epochs == 0:
             row[f"{recipe.eval_split}_top1"] = self.evaluate()
-        row["seconds"] = round(time.time() - self._began, 1)
+        row["seconds"] = round(time.time() - self.epoch_began, 1)
         self.history.append(row)
         logging.info("Epoch %d: %s", self.epoch, row)
         self.scalars(self.epoch, {f"epoch/{key}": value for key, value in row.items() if key != "epoch"})
@@ -304,19 +310,12 @@ class Retrainer(TrainingRun):
         batches = self.recipe.eval_batches if max_batches is None else max_batches
         return evaluate.accuracy(predict, dataset, batches)["top1"]
 
-    def run(self, stop_at_epoch: int | None = None) -> dict | None:
-        """Trains (resuming when a checkpoint exists), evaluates, exports; returns the result.
+    def write_inputs(self) -> None:
+        super().write_inputs()
+        atomic.write_json(self.model_dir / folders.ARCH_FILE, self.arch.to_json())
 
-        stop_at_epoch: return None after that epoch's checkpoint, as an interrupted run would.
-        """
-        start = time.time()
-        if self.is_chief:
-            self.model_dir.mkdir(parents=True, exist_ok=True)
-            config_lib.save(self.config, self.model_dir / folders.CONFIG_FILE)
-            atomic.write_json(self.model_dir / folders.ARCH_FILE, self.arch.to_json())
-        if not self.train(stop_at_epoch) or not self.is_chief:
-            return None
-        train_seconds = time.time() - start
+    def finish(self) -> dict:
+        """Evaluates and exports."""
         recipe = self.recipe
         result = {
             "arch": str(self.arch),
@@ -332,8 +331,6 @@ class Retrainer(TrainingRun):
             result.update(entry=str(entry), accuracy=metadata.get("accuracy"))
         else:
             result["accuracy"] = {"split": recipe.eval_split, "top1": {"keras": self.evaluate()}}
-        result["timing"] = {"train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - start, 1)}
-        atomic.write_json(self.model_dir / folders.RETRAIN_RESULT_FILE, result)
         return result
 
     def write_entry(self) -> Path:
@@ -360,19 +357,3 @@ class Retrainer(TrainingRun):
             data_config=self.config.data,
             export_config=self.config.export,
         )
-
-
-class _EpochFigures(keras.callbacks.Callback):
-    """Sums each step's figures over the epoch, and times it."""
-
-    def __init__(self, run: Retrainer):
-        super().__init__()
-        self.run = run
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.run._sums = {"loss": 0.0, "ce": 0.0, "correct": 0.0}
-        self.run._began = time.time()
-
-    def on_train_batch_end(self, batch, logs=None):
-        for key in self.run._sums:
-            self.run._sums[key] += float(logs[key])

@@ -6,26 +6,38 @@ every epoch, checkpoints (TensorFlow variables plus the host's own state as JSON
 run continues exactly), the TensorBoard writer and the progress bar. A subclass supplies the
 model (a `keras.Model` whose `train_step` does the work), its callbacks and its host state.
 
-Why callbacks of our own beside Keras' (Progbar aside): Keras' BackupAndRestore saves the
-model's weights only, not host state such as the search's sampler, board and history, nor
-variables outside the model (the search's path-wise optimizer), and restarts an epoch's data
-from its start; exact resume needs all of it.
+Why callbacks of our own beside Keras' (Progbar, and TerminateOnNaN, which `_Divergence`
+extends): Keras' BackupAndRestore saves the model's weights only, not host state such as the
+search's sampler, board and history, nor variables outside the model (the search's path-wise
+optimizer), and restarts an epoch's data from its start; exact resume needs all of it.
+
+Around the training: one run per folder (`lock`), a resumed run must train what its
+config.yaml says (`check_same_config`), checkpoints mid-epoch too (every N steps or minutes, and
+on SIGTERM/SIGINT), restore skips damaged checkpoints, a non-finite loss stops the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import math
+import os
 import shutil
+import signal
+import socket
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from cream_tf import atomic, data, distribute, folders
+from cream_tf import RunError, atomic, data, distribute, folders
+from cream_tf import config as config_lib
 from cream_tf.config import DataConfig
 
 # Seeds of the input pipelines: epoch e of worker w reads seed * 1000 + e + PIPELINE_STRIDE * w,
@@ -65,10 +77,15 @@ class FitModel(keras.Model):
 class TrainingRun:
     """One run in `model_dir`; a later run there resumes from its latest checkpoint.
 
-    Subclasses set `self.trainer` (the keras.Model whose `train_step` trains, built in
-    `self.strategy.scope()` and compiled) and implement
-    `checkpoint_variables()`, `host_state()`/`set_host_state()`, `callbacks()` and `end_epoch()`.
+    Subclasses set `self.config` and `self.trainer` (the keras.Model whose `train_step` trains,
+    built in `self.strategy.scope()` and compiled) and implement `checkpoint_variables()`,
+    `host_state()`/`set_host_state()`, `callbacks()`, `end_epoch()` and `finish()`, and name
+    `RESULT_FILE` and the step outputs to sum over an epoch (`SUMMED`, read in `end_epoch` from
+    `self.sums`).
     """
+
+    RESULT_FILE = ""
+    SUMMED: tuple[str, ...] = ("loss",)
 
     def __init__(
         self,
@@ -82,7 +99,10 @@ class TrainingRun:
         steps_per_epoch: int,
         epochs: int,
         checkpoint_every: int = 1,
+        checkpoint_every_steps: int = 0,
+        checkpoint_every_minutes: float = 0.0,
     ):
+        atomic.check_folder(model_dir, "model_dir")
         self.model_dir = Path(model_dir)
         self.strategy = strategy or distribute.make_strategy()
         if deterministic:
@@ -91,6 +111,13 @@ class TrainingRun:
         distribute.check_batch(data_config.batch_size, self.strategy)
         self.seed, self.data_config, self.split = seed, data_config, split
         self.epochs, self.checkpoint_every = epochs, checkpoint_every
+        self.checkpoint_every_steps, self.checkpoint_every_minutes = checkpoint_every_steps, checkpoint_every_minutes
+        if checkpoint_every_minutes and distribute.workers(self.strategy) > 1:
+            # Every worker takes part in a save, and their clocks would not agree on when.
+            raise ValueError(
+                f"train.checkpoint_every_minutes={checkpoint_every_minutes} is not valid with "
+                f"{distribute.workers(self.strategy)} workers; valid: 0, with train.checkpoint_every_steps instead."
+            )
         # The data is checked (present, labels in range) before any model is built.
         available = data.num_examples(data_config, split)
         self.steps_per_epoch = steps_per_epoch or available // data_config.batch_size
@@ -98,9 +125,13 @@ class TrainingRun:
             raise ValueError(
                 f"Split {split!r} has fewer images than one batch of {data_config.batch_size}; lower data.batch_size."
             )
-        self.epoch = 0
+        # Epochs done, and steps done in the next one (a mid-epoch checkpoint resumes there);
+        # `offset` is what the batch index of the current `fit` call starts from.
+        self.epoch, self.batch, self.offset = 0, 0, 0
+        self.sums, self.epoch_began, self.last_save = {}, 0.0, time.time()
+        self.stop_signal = 0
         self.writer = None
-        self._checkpoint = None
+        self._checkpoint = self._host_state = None
 
     @property
     def is_chief(self) -> bool:
@@ -123,11 +154,20 @@ class TrainingRun:
     def end_epoch(self, logs: dict) -> None:
         """After each epoch (self.epoch already counts it), before its checkpoint."""
 
+    def write_inputs(self) -> None:
+        """On the chief, before training: what the run was asked to do."""
+        config_lib.save(self.config, self.model_dir / folders.CONFIG_FILE)
+
+    def finish(self) -> dict:
+        """On the chief, after the last epoch: the result (selection, evaluation, export)."""
+        raise NotImplementedError
+
     # --- data -------------------------------------------------------------------------------
 
     def dataset(self):
-        """Every remaining epoch's batches, epoch after epoch, distributed over the replicas."""
-        config, first, steps = self.data_config, self.epoch, self.steps_per_epoch
+        """Every remaining epoch's batches, epoch after epoch, distributed over the replicas;
+        the steps of the first one already done (a mid-epoch resume) are skipped."""
+        config, first, steps, done = self.data_config, self.epoch, self.steps_per_epoch, self.batch
 
         def per_worker(context):
             batch = context.get_per_replica_batch_size(config.batch_size)
@@ -139,7 +179,9 @@ class TrainingRun:
                     repeat=True,
                     batch_size=batch,
                     seed=self.seed * 1000 + epoch + PIPELINE_STRIDE * context.input_pipeline_id,
-                ).take(steps)
+                )
+                .take(steps)
+                .skip(done if epoch == first else 0)
                 for epoch in range(first, self.epochs)
             ]
             return functools.reduce(tf.data.Dataset.concatenate, epochs)
@@ -150,9 +192,14 @@ class TrainingRun:
 
     @property
     def checkpoint(self) -> tf.train.Checkpoint:
+        """The run's variables and, in the same files, its host state as JSON: a checkpoint is
+        whole or absent, never TF variables without the host state that goes with them."""
         if self._checkpoint is None:
+            with tf.device("/cpu:0"):
+                self._host_state = tf.Variable("", dtype=tf.string, trainable=False)
             self._checkpoint = tf.train.Checkpoint(
-                **{name: folders.Slots(variables) for name, variables in self.checkpoint_variables().items()}
+                host_state=self._host_state,
+                **{name: folders.Slots(variables) for name, variables in self.checkpoint_variables().items()},
             )
         return self._checkpoint
 
@@ -164,27 +211,47 @@ class TrainingRun:
             else Path(tempfile.mkdtemp(prefix="cream-worker-checkpoint-"))
         )
         directory.mkdir(parents=True, exist_ok=True)
-        path = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=2).save()
+        checkpoint = self.checkpoint
+        state = {"epoch": self.epoch, "batch": self.batch, "sums": self.sums, **self.host_state()}
+        self._host_state.assign(json.dumps(state, allow_nan=False))
+        tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2).save()
+        self.last_save = time.time()
         if not self.is_chief:
             shutil.rmtree(directory, ignore_errors=True)
-            return
-        number = int(path.rsplit("-", 1)[1])
-        atomic.write_json(directory / f"host_state-{number}.json", {"epoch": self.epoch, **self.host_state()})
-        for old in directory.glob("host_state-*.json"):  # those of checkpoints the manager deleted
-            if not (directory / f"ckpt-{old.stem.split('-')[1]}.index").exists():
-                old.unlink()
 
     def restore(self) -> bool:
+        """Restores the newest readable checkpoint, newest first (TensorFlow writes a checkpoint's
+        index after its data, so a listed index is a finished write; a damaged one fails to read
+        and the one before it is tried). False when there is none; RunError when none is usable."""
         directory = self.model_dir / folders.CHECKPOINTS
-        latest = tf.train.latest_checkpoint(str(directory))
-        if not latest:
-            return False
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-        state = json.loads((directory / f"host_state-{latest.rsplit('-', 1)[1]}.json").read_text())
-        self.epoch = state.pop("epoch")
-        self.set_host_state(state)
-        logging.info("Resumed from %s after epoch %d.", latest, self.epoch)
-        return True
+        found = sorted(directory.glob("ckpt-*.index"), key=lambda p: int(p.stem.split("-")[1]), reverse=True)
+        skipped = []
+        for index in found:
+            prefix = str(index.with_suffix(""))
+            try:
+                self.checkpoint.restore(prefix).assert_existing_objects_matched()
+                state = json.loads(self._host_state.numpy().decode())
+            except Exception as error:  # a damaged file fails in many ways (DataLossError, IndexError, ...)
+                reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+                skipped.append(f"{index.stem}: {reason}")
+                logging.warning("Checkpoint %s is not usable (%s); trying the one before it.", prefix, reason)
+                continue
+            self.epoch, self.batch, self.sums = state.pop("epoch"), state.pop("batch"), state.pop("sums")
+            self.set_host_state(state)
+            logging.info(
+                "Resumed from %s: epoch %d, step %d%s.",
+                prefix,
+                self.epoch + 1 if self.batch else self.epoch,
+                self.batch or self.steps_per_epoch,
+                f" (skipped {', '.join(s.split(':')[0] for s in skipped)})" if skipped else "",
+            )
+            return True
+        if skipped:
+            raise RunError(
+                f"No usable checkpoint in {directory}: {'; '.join(skipped)}. Start afresh in a new "
+                "--model_dir, or remove that checkpoints folder."
+            )
+        return False
 
     # --- the run ----------------------------------------------------------------------------
 
@@ -202,35 +269,230 @@ class TrainingRun:
             self.model_dir.mkdir(parents=True, exist_ok=True)
             self.writer = tf.summary.create_file_writer(str(self.model_dir / folders.TENSORBOARD))
         self.restore()
-        if self.epoch < self.epochs:
-            self.trainer.fit(
-                self.dataset(),
-                epochs=self.epochs,
-                initial_epoch=self.epoch,
-                steps_per_epoch=self.steps_per_epoch,
-                shuffle=False,
-                verbose=0,
-                callbacks=[*self.callbacks(), _EpochEnd(self, stop_at_epoch)],
-            )
+        callbacks = [_Divergence(self), *self.callbacks(), _EpochEnd(self, stop_at_epoch)]
+        if self.batch and self.epoch < self.epochs:  # first the rest of the epoch a checkpoint cut
+            self.offset = self.batch
+            self._fit(callbacks, epochs=self.epoch + 1, steps=self.steps_per_epoch - self.batch)
+        if self.epoch < self.epochs and not (stop_at_epoch and self.epoch >= stop_at_epoch):
+            self._fit(callbacks, epochs=self.epochs, steps=self.steps_per_epoch)
         return self.epoch >= self.epochs
+
+    def _fit(self, callbacks, epochs: int, steps: int) -> None:
+        self.trainer.fit(
+            self.dataset(),
+            epochs=epochs,
+            initial_epoch=self.epoch,
+            steps_per_epoch=steps,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
+        )
+
+    def run(self, stop_at_epoch: int | None = None, *, allow_config_change: bool = False) -> dict | None:
+        """Trains (resuming when a checkpoint exists), then finishes; returns the result, also
+        written to RESULT_FILE with its timings. None on other workers, and after `stop_at_epoch`
+        (its checkpoint written, as an interrupted run would leave it).
+
+        The chief holds `model_dir`'s lock throughout. A resumed run must train what the
+        recorded config.yaml says (keys outside `REPORTING_KEYS`), unless `allow_config_change`.
+        """
+        start = time.time()
+        with lock(self.model_dir) if self.is_chief else contextlib.nullcontext(), _signals(self):
+            if not allow_config_change:
+                self.check_same_config()
+            if self.is_chief:
+                self.write_inputs()
+            if not self.train(stop_at_epoch) or not self.is_chief:
+                return None
+            train_seconds = time.time() - start
+            result = self.finish()
+            result["timing"] = {
+                "train_seconds": round(train_seconds, 1),
+                "total_seconds": round(time.time() - start, 1),
+            }
+            atomic.write_json(self.model_dir / self.RESULT_FILE, result)
+            return result
+
+    # Config keys (dotted prefixes) that change where data is read, how often checkpoints are
+    # written or what is reported, not what is trained; a resumed run may change them.
+    REPORTING_KEYS: tuple[str, ...] = ("data.data_dir", "train.checkpoint_every")
+
+    def check_same_config(self) -> None:
+        """Refuses to resume a run whose checkpoints were trained under another config."""
+        recorded = self.model_dir / folders.CONFIG_FILE
+        if not recorded.is_file() or not any((self.model_dir / folders.CHECKPOINTS).glob("ckpt-*.index")):
+            return
+        old = _flatten(config_lib.to_dict(config_lib.load(type(self.config), str(recorded))))
+        new = _flatten(config_lib.to_dict(self.config))
+        changed = [
+            key
+            for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key) and not key.startswith(self.REPORTING_KEYS)
+        ]
+        if changed:
+            raise RunError(
+                f"{self.model_dir} holds a run trained with other settings: "
+                + ", ".join(f"{key}={old.get(key)!r} there, {new.get(key)!r} now" for key in changed)
+                + ". Use a new --model_dir, set those keys back, or pass --allow_config_change to resume anyway."
+            )
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def lock(model_dir: Path):
+    """One run per folder: `model_dir/.lock` holds the owner's pid and host, created exclusively
+    before anything else is written there. A lock whose process is gone (same host) is taken
+    over with a warning; one held by a live process, or from another host, is a RunError."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(path.read_text())
+            except (OSError, ValueError):
+                owner = {}
+            if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                logging.warning("Taking over the lock of %s from pid %d, which has ended.", model_dir, owner["pid"])
+                path.unlink(missing_ok=True)
+                continue
+            raise RunError(
+                f"{model_dir} is in use by pid {owner.get('pid', '?')} on {owner.get('host', '?')} since "
+                f"{owner.get('since', '?')}. Wait for that run, use another --model_dir, or delete "
+                f"{path} if that run is gone."
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Divergence(keras.callbacks.TerminateOnNaN):
+    """Keras' TerminateOnNaN, raising: a non-finite loss or gradient norm ends the run at once,
+    before the step reaches the board or a checkpoint, with what to try."""
+
+    def __init__(self, run: TrainingRun):
+        super().__init__(raise_error=True)
+        self.run = run
+
+    def on_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        for key in ("loss", "grad_norm"):
+            if key in logs and not math.isfinite(float(logs[key])):
+                run = self.run
+                raise RunError(
+                    f"Training diverged in epoch {run.epoch + 1}, step {batch + 1}: {key} is {float(logs[key])} "
+                    f"(train.lr={run.config.train.lr}). Nothing was exported; the checkpoints in "
+                    f"{run.model_dir / folders.CHECKPOINTS} are from before it. Try a lower train.lr, or check "
+                    "the data (pixel range, labels)."
+                )
+
+
+class Interrupted(RunError):
+    """SIGTERM or SIGINT: the step finished, a checkpoint written, the run ends with 128 + signal."""
+
+    def __init__(self, run: TrainingRun):
+        name = signal.Signals(run.stop_signal).name
+        super().__init__(
+            f"Stopped by {name} in epoch {run.epoch + 1} after step {run.batch}; a checkpoint is in "
+            f"{run.model_dir / folders.CHECKPOINTS}. Run the same command again to resume there."
+        )
+        self.exit_code = 128 + run.stop_signal
+
+
+@contextlib.contextmanager
+def _signals(run: TrainingRun):
+    """While a run trains on one machine, SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C)
+    let the step finish, then a checkpoint is written and Interrupted raised; a second one stops
+    at once."""
+    if threading.current_thread() is not threading.main_thread() or distribute.workers(run.strategy) > 1:
+        # Across machines the workers would have to agree on the step to stop at (every worker
+        # takes part in a save); there a signal ends the process as it would without this.
+        yield
+        return
+
+    def handler(signum, frame):
+        if run.stop_signal:
+            raise KeyboardInterrupt
+        run.stop_signal = signum
+        logging.warning("%s: finishing this step, then writing a checkpoint.", signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class _EpochEnd(keras.callbacks.Callback):
-    """Counts the epoch, lets the run record it, writes the checkpoint, stops when asked."""
+    """Sums the step outputs the run names over each epoch and times it; counts the epoch, lets
+    the run record it, writes the checkpoints (each epoch's, and mid-epoch ones every N steps or
+    minutes or on a signal), stops when asked."""
 
     def __init__(self, run: TrainingRun, stop_at_epoch: int | None):
         super().__init__()
         self.run, self.stop_at_epoch = run, stop_at_epoch
 
     def on_epoch_begin(self, epoch, logs=None):
-        logging.info("Epoch %d/%d", epoch + 1, self.run.epochs)
+        run = self.run
+        logging.info("Epoch %d/%d", epoch + 1, run.epochs)
+        if not run.offset:  # a resumed epoch keeps the sums of its steps before the checkpoint
+            run.sums = dict.fromkeys(run.SUMMED, 0.0)
+        run.epoch_began = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        run = self.run
+        for key in run.sums:
+            run.sums[key] += float(logs[key])
+        run.batch = run.offset + batch + 1
+        if run.batch == run.steps_per_epoch:
+            return  # the epoch's end checkpoints
+        every, minutes = run.checkpoint_every_steps, run.checkpoint_every_minutes
+        if (
+            run.stop_signal
+            or (every and (run.epoch * run.steps_per_epoch + run.batch) % every == 0)
+            or (minutes and time.time() - run.last_save >= 60 * minutes)
+        ):
+            run.save()
+        if run.stop_signal:
+            raise Interrupted(run)
 
     def on_epoch_end(self, epoch, logs=None):
         run = self.run
-        run.epoch = epoch + 1
+        run.epoch, run.batch, run.offset = epoch + 1, 0, 0
         run.end_epoch(logs or {})
-        if run.epoch % run.checkpoint_every == 0 or run.epoch == run.epochs:
+        if run.epoch % run.checkpoint_every == 0 or run.epoch == run.epochs or run.stop_signal:
             run.save()
+        if run.stop_signal:
+            raise Interrupted(run)
         if self.stop_at_epoch is not None and run.epoch >= self.stop_at_epoch:
             self.model.stop_training = True
 
@@ -253,4 +515,4 @@ class Progress(keras.callbacks.Callback):
         )
 
     def on_train_batch_end(self, batch, logs=None):
-        self.bar.update(batch + 1, self.values(logs or {}))
+        self.bar.update(self.run.offset + batch + 1, self.values(logs or {}))

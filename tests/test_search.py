@@ -396,12 +396,31 @@ def _tiny(tmp_path, override=""):
 
 
 def _final_state(model_dir):
+    """The latest checkpoint's tensors, the host state (JSON in a string tensor) parsed."""
     reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
-    return {
+    state = {
         name: reader.get_tensor(name)
         for name in reader.get_variable_to_shape_map()
         if "save_counter" not in name and name != "_CHECKPOINTABLE_OBJECT_GRAPH"
     }
+    (host,) = [name for name in state if name.startswith("host_state/")]
+    return state, json.loads(state.pop(host))
+
+
+def assert_same_state(a, b, what=""):
+    """Equal up to float32 round-off (the meta step's last bits can differ between traces)."""
+    (tensors_a, host_a), (tensors_b, host_b) = a, b
+    assert set(tensors_a) == set(tensors_b) and len(tensors_a) > 100  # supernet, optimizers, meta, board
+    for name in tensors_a:
+        np.testing.assert_allclose(tensors_a[name], tensors_b[name], rtol=1e-5, atol=1e-8, err_msg=f"{what}{name}")
+    history_a, history_b = host_a.pop("history"), host_b.pop("history")
+    np.testing.assert_allclose(np.array(history_a), np.array(history_b), rtol=1e-4, err_msg=f"{what}history")
+    for entry_a, entry_b in zip(host_a.pop("board"), host_b.pop("board"), strict=True):
+        assert entry_a["path"] == entry_b["path"] and entry_a["macs"] == entry_b["macs"], what
+        assert entry_a["accuracy"] == pytest.approx(entry_b["accuracy"]), what
+    for sums in (host_a.pop("sums"), host_b.pop("sums")):
+        assert set(sums) == {"loss", "correct", "count"}
+    assert host_a == host_b, what  # epoch, step, meta updates, the sampler's random state
 
 
 def scalars(run_dir, tag) -> dict[int, float]:
@@ -448,11 +467,7 @@ def test_search_runs_end_to_end_and_resumes_exactly(tmp_path):
     second = Search(_tiny(tmp_path, "selection.export=false"), resumed_dir, strategy=tf.distribute.get_strategy())
     second.run()
     assert second.board.summary() == whole.board.summary()
-    a, b = _final_state(run_dir), _final_state(resumed_dir)
-    assert set(a) == set(b) and len(a) > 100  # supernet, optimizer, meta network, board
-    for name in a:
-        # Equal up to float32 round-off: the meta step's last bits can differ between traces.
-        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-8, err_msg=name)
+    assert_same_state(_final_state(run_dir), _final_state(resumed_dir))
 
 
 @pytest.mark.parametrize(
@@ -463,6 +478,7 @@ def test_search_runs_end_to_end_and_resumes_exactly(tmp_path):
         ("data.num_classes=5", "set data.num_classes to 10"),
         ("cream.pick_method=best", "cream.pick_method='best' is not valid; valid: meta, top1, none"),
         ("cream.meta_update_every=5", "would never update the meta network"),
+        ("train.lr=[0.1,", "Error: --params_override train.lr is not valid YAML at line 1, column 6"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, override, message):

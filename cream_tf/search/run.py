@@ -3,7 +3,7 @@
 Layout of `model_dir` (written by the chief worker; names in cream_tf.folders):
 
     config.yaml           the resolved configuration
-    checkpoints/          supernet, optimizer, meta network, board (every epoch) + host_state-N.json
+    checkpoints/          supernet, optimizer, meta network, board, sampler, history (every epoch)
     tensorboard/          scalars: loss, ce, kd, matching value, top-1, lr, board accuracy/FLOPs
     board.json            the prioritized board after every epoch
     search_result.json    the selected path, the evaluated board, figures and timings
@@ -16,14 +16,11 @@ path, the learning rate, board admission) is a callback around each step.
 
 from __future__ import annotations
 
-import time
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from cream_tf import atomic, folders
-from cream_tf import config as config_lib
 from cream_tf.arch import SearchSpace
 from cream_tf.config import SearchConfig
 from cream_tf.flops import depths_for_flops_range
@@ -51,7 +48,12 @@ def build_space(config: SearchConfig) -> SearchSpace:
 
 
 class Search(TrainingRun):
-    """One search run in `model_dir`; `run()` resumes from the latest checkpoint there."""
+    """One search run in `model_dir`; `run()` resumes from the latest checkpoint there, then
+    selects and exports."""
+
+    RESULT_FILE = folders.SEARCH_RESULT_FILE
+    REPORTING_KEYS = TrainingRun.REPORTING_KEYS + ("selection.",)
+    SUMMED = ("loss", "correct", "count")
 
     def __init__(self, config: SearchConfig, model_dir, strategy: tf.distribute.Strategy | None = None):
         config.validate()
@@ -66,6 +68,8 @@ class Search(TrainingRun):
             split="train",
             steps_per_epoch=train.steps_per_epoch,
             epochs=train.epochs,
+            checkpoint_every_steps=train.checkpoint_every_steps,
+            checkpoint_every_minutes=train.checkpoint_every_minutes,
         )
         cream = config.cream
         if cream.pick_method == "meta" and (
@@ -139,8 +143,8 @@ class Search(TrainingRun):
         self.scalars(
             self.step,
             {
-                "epoch/loss": self._sums["loss"] / self.steps_per_epoch,
-                "epoch/top1": self._sums["top1"] / self.steps_per_epoch,
+                "epoch/loss": self.sums["loss"] / self.steps_per_epoch,
+                "epoch/top1": 100.0 * self.sums["correct"] / self.sums["count"],
             }
             | (
                 {
@@ -164,24 +168,10 @@ class Search(TrainingRun):
 
     # --- the run ----------------------------------------------------------------------------
 
-    def run(self, stop_at_epoch: int | None = None) -> dict | None:
-        """Trains (resuming when a checkpoint exists), then selects and exports; returns the result.
-
-        stop_at_epoch: return None after that epoch's checkpoint, as an interrupted run would.
-        """
-        start = time.time()
-        if self.is_chief:
-            self.model_dir.mkdir(parents=True, exist_ok=True)
-            config_lib.save(self.config, self.model_dir / folders.CONFIG_FILE)
-        if not self.train(stop_at_epoch) or not self.is_chief:
-            return None
-        train_seconds = time.time() - start
+    def finish(self) -> dict:
         from cream_tf.search.selection import select_and_export
 
-        result = select_and_export(self)
-        result["timing"] = {"train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - start, 1)}
-        atomic.write_json(self.model_dir / folders.SEARCH_RESULT_FILE, result)
-        return result
+        return select_and_export(self)
 
 
 def _top1(logs: dict) -> float:
@@ -197,14 +187,12 @@ class _SearchStep(keras.callbacks.Callback):
         self.search = search
         self.macs = 0
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.search._sums = {"loss": 0.0, "top1": 0.0}
-
     def on_train_batch_begin(self, batch, logs=None):
         search, cream = self.search, self.search.config.cream
         warm = search.epoch < cream.warmup_epochs
         path, self.macs = search.sampler.sample()
         self.distill = cream.pick_method != "none" and not warm and len(search.board) > 0
+        batch += search.offset  # the step in the epoch, also when resumed mid-epoch
         meta = cream.pick_method == "meta" and self.distill and batch > 0 and batch % cream.meta_update_every == 0
         self.lr = search.learning_rate(search.step)
         self.path = path
@@ -230,8 +218,6 @@ class _SearchStep(keras.callbacks.Callback):
         teacher = int(logs["teacher"]) if self.distill else -1
         search.history.append((int(self.macs), round(top1, 3), round(float(logs["matching"]), 5), teacher))
         search.step += 1
-        search._sums["loss"] += float(logs["loss"])
-        search._sums["top1"] += top1
         if search.step % 10 == 0:
             search.scalars(
                 search.step,

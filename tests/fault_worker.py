@@ -1,0 +1,71 @@
+"""Runs the tiny search of the reliability tests in a fresh process, killed for real at a given
+point, as a crash, preemption or power cut would end it.
+
+    python fault_worker.py CONFIG MODEL_DIR none       # runs (or resumes) to the end
+    python fault_worker.py CONFIG MODEL_DIR kill       # SIGKILL in step 4 of epoch 2
+    python fault_worker.py CONFIG MODEL_DIR torn       # SIGKILL while the checkpoint after step 3
+                                                       # of epoch 2 is half written (index cut short)
+    python fault_worker.py CONFIG MODEL_DIR sigterm    # SIGTERM in step 2 of epoch 2
+
+Exits as main.py does (a RunError: its message, its exit code); writes MODEL_DIR/done.json with
+the board when the run ends.
+"""
+
+import json
+import os
+import signal
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from cream_tf import RunError, training
+from cream_tf import config as config_lib
+from cream_tf.config import SearchConfig
+from cream_tf.search.run import Search
+
+CONFIG, MODEL_DIR, FAULT = sys.argv[1:4]
+
+
+class SignalInStep(keras.callbacks.Callback):
+    """Sends `signum` to this process at the end of step `step` of epoch 2, before the run's
+    own end-of-step work (checkpoints) sees it."""
+
+    def __init__(self, run, step, signum):
+        super().__init__()
+        self.run, self.step, self.signum = run, step, signum
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.run.epoch == 1 and self.run.offset + batch + 1 == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+logging.set_verbosity(logging.INFO)  # the resume and lock messages the test reads
+run = Search(config_lib.load(SearchConfig, CONFIG), MODEL_DIR, strategy=tf.distribute.get_strategy())
+if FAULT in ("kill", "sigterm"):
+    callbacks = run.callbacks
+    fault = SignalInStep(run, 4, signal.SIGKILL) if FAULT == "kill" else SignalInStep(run, 2, signal.SIGTERM)
+    run.callbacks = lambda: [*callbacks(), fault]
+elif FAULT == "torn":
+    save = training.TrainingRun.save
+
+    def torn_save(self):
+        save(self)
+        if self.epoch == 1 and self.batch == 3:
+            index = max((self.model_dir / "checkpoints").glob("ckpt-*.index"), key=lambda p: p.stat().st_mtime)
+            index.write_bytes(index.read_bytes()[:40])
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    training.TrainingRun.save = torn_save
+elif FAULT != "none":
+    raise SystemExit(f"unknown fault {FAULT!r}")
+try:
+    run.run()
+except RunError as error:
+    print(f"Error: {error}", file=sys.stderr)
+    raise SystemExit(error.exit_code) from None
+with open(os.path.join(MODEL_DIR, "done.json"), "w") as f:
+    json.dump(run.board.summary(), f)

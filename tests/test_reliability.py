@@ -1,0 +1,163 @@
+"""Crashes, divergence, a second run on the same folder and a changed config: each ends in a
+state a rerun can continue from, or in one clear error before anything is written."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+from test_search import REPO, TINY, _final_state, _tiny, assert_same_state
+
+from cream_tf import RunError, atomic, training
+
+HERE = Path(__file__).resolve().parent
+
+
+def _worker(config, model_dir, fault):
+    return subprocess.run(
+        [sys.executable, str(HERE / "fault_worker.py"), str(config), str(model_dir), fault],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_a_search_killed_anywhere_resumes_to_the_same_end(tmp_path):
+    """Real processes, ended by SIGKILL mid-epoch (after a step checkpoint), SIGKILL while a
+    checkpoint is half written, and SIGTERM mid-epoch; each resumed in a new process ends with
+    the board and weights of a run never interrupted."""
+    config = tmp_path / "tiny.yaml"
+    tiny = TINY.replace("deterministic: true}", "deterministic: true, checkpoint_every_steps: 4}")
+    config.write_text(tiny.replace("selection: {", "selection: {export: false, "))
+    whole = _worker(config, tmp_path / "whole", "none")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    board = json.loads((tmp_path / "whole" / "done.json").read_text())
+    expected = {
+        "kill": (-signal.SIGKILL, "epoch 2, step 3"),  # the step checkpoint at global step 8
+        "torn": (-signal.SIGKILL, "epoch 1, step 5"),  # that checkpoint torn: the epoch's end before it
+        "sigterm": (128 + signal.SIGTERM, "epoch 2, step 2"),  # its own checkpoint, then exit 143
+    }
+    for fault, (code, resumed_at) in expected.items():
+        model_dir = tmp_path / fault
+        ended = _worker(config, model_dir, fault)
+        assert ended.returncode == code, (fault, ended.stderr[-3000:])
+        if fault == "sigterm":
+            assert "Error: Stopped by SIGTERM in epoch 2 after step 2" in ended.stderr, ended.stderr[-3000:]
+        assert not (model_dir / "done.json").exists()
+        # SIGTERM ends cleanly, lock released; a killed run leaves its lock, which the next run takes over.
+        assert (model_dir / training.LOCK_FILE).exists() == (code < 0), fault
+        resumed = _worker(config, model_dir, "none")
+        assert resumed.returncode == 0, (fault, resumed.stderr[-3000:])
+        assert f"Resumed from {model_dir}/checkpoints/ckpt-" in resumed.stderr, (fault, resumed.stderr[-3000:])
+        assert f": {resumed_at}" in resumed.stderr, (fault, resumed.stderr[-3000:])
+        assert ("Taking over the lock" in resumed.stderr) == (code < 0), fault
+        if fault == "torn":
+            assert "is not usable" in resumed.stderr, resumed.stderr[-3000:]
+        assert json.loads((model_dir / "done.json").read_text()) == board, fault
+        assert_same_state(_final_state(model_dir), _final_state(tmp_path / "whole"), f"{fault}: ")
+
+
+def test_no_usable_checkpoint_is_one_clear_error(tmp_path):
+    from cream_tf.search.run import Search
+
+    first = Search(_tiny(tmp_path, "selection.export=false"), tmp_path / "run", strategy=tf.distribute.get_strategy())
+    assert first.run(stop_at_epoch=1) is None
+    for data in (tmp_path / "run" / "checkpoints").glob("ckpt-1.data*"):
+        data.write_bytes(data.read_bytes()[:100])
+    again = Search(_tiny(tmp_path, "selection.export=false"), tmp_path / "run", strategy=tf.distribute.get_strategy())
+    with pytest.raises(RunError, match=r"No usable checkpoint in .*ckpt-1: "):
+        again.restore()
+
+
+def test_a_changed_config_is_refused_naming_the_keys_and_a_reporting_one_is_not(tmp_path):
+    from cream_tf.search.run import Search
+
+    run_dir = tmp_path / "run"
+    first = Search(_tiny(tmp_path, "selection.export=false"), run_dir, strategy=tf.distribute.get_strategy())
+    assert first.run(stop_at_epoch=1) is None
+    recorded = (run_dir / "config.yaml").read_text()
+    changed = Search(_tiny(tmp_path, "data.batch_size=16,cream.board_size=3"), run_dir)
+    with pytest.raises(RunError, match=r"cream.board_size=2 there, 3 now, data.batch_size=32 there, 16 now"):
+        changed.run()
+    assert (run_dir / "config.yaml").read_text() == recorded
+    assert not (run_dir / training.LOCK_FILE).exists()
+    # Selection settings only change what is reported: the run resumes and finishes.
+    finished = Search(_tiny(tmp_path, "selection.export=false,selection.eval_batches=1"), run_dir)
+    assert finished.run()["winner"] is not None
+
+
+def test_one_run_per_folder(tmp_path):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    lock = model_dir / training.LOCK_FILE
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "today"}))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    second = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), "--mode=search", f"--config_file={config}", f"--model_dir={model_dir}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert second.returncode != 0
+    assert f"Error: {model_dir} is in use by pid {os.getpid()}" in second.stderr, second.stderr[-2000:]
+    assert sorted(p.name for p in model_dir.iterdir()) == [training.LOCK_FILE]
+    # A lock left by a process that has ended is taken over.
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    lock.write_text(json.dumps({"pid": ended.pid, "host": socket.gethostname(), "since": "yesterday"}))
+    with training.lock(model_dir):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+
+def test_divergence_stops_the_search_and_exports_nothing(tmp_path):
+    from cream_tf.search.run import Search
+
+    run = Search(_tiny(tmp_path, "train.lr=1e4"), tmp_path / "run", strategy=tf.distribute.get_strategy())
+    with pytest.raises(RunError, match=r"Training diverged in epoch 1, step \d+: loss is nan .*train.lr=10000.0"):
+        run.run()
+    assert len(run.board) == 0
+    assert not (tmp_path / "run" / "search_result.json").exists() and not (tmp_path / "run" / "zoo").exists()
+    assert not list((tmp_path / "run").glob("checkpoints/ckpt-*"))
+
+
+def test_json_never_holds_nan(tmp_path):
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        atomic.write_json(tmp_path / "x.json", {"loss": float("nan")})
+    assert not (tmp_path / "x.json").exists() and not list(tmp_path.iterdir())
+
+
+def test_bad_input_is_one_error_naming_the_value_before_anything_is_written(tmp_path):
+    from cream_tf import config as config_lib
+    from cream_tf.config import RetrainConfig, SearchConfig
+    from cream_tf.search.run import Search
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  epochs: 3\n  lr: [0.1,\n")
+    with pytest.raises(ValueError, match=r"Config file .*broken.yaml' is not valid YAML at line 4, column 1: "):
+        config_lib.load(SearchConfig, str(broken))
+    with pytest.raises(ValueError, match=r"--params_override train.lr is not valid YAML at line 1, column 6"):
+        config_lib.load(SearchConfig, None, "train.lr=[0.1,")
+    assert config_lib.load(SearchConfig, None, "train.lr=1e4").train.lr == 10000.0
+    for cls, override, message in [
+        (SearchConfig, "data.batch_size=0", "data.batch_size=0 is not valid; valid: an integer >= 1"),
+        (RetrainConfig, "data.batch_size=0", "data.batch_size=0 is not valid; valid: an integer >= 1"),
+        (SearchConfig, "train.steps_per_epoch=-5", "train.steps_per_epoch=-5 is not valid"),
+        (RetrainConfig, "train.steps_per_epoch=-5", "train.steps_per_epoch=-5 is not valid"),
+        (SearchConfig, "train.checkpoint_every_steps=-1", "train.checkpoint_every_steps=-1 is not valid"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            config_lib.load(cls, None, override).validate()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(ValueError, match=f"model_dir '{a_file}/run' cannot be a folder: '{a_file}' is a file"):
+        Search(_tiny(tmp_path), a_file / "run", strategy=tf.distribute.get_strategy())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "broken.yaml", "tiny.yaml"]
