@@ -309,3 +309,14 @@ def test_retrain_configs_load_and_fit_their_models(path):
 
         assert config.data.image_size == zoo.arch_of(path.stem).input_size
         assert (config.train.epochs, config.train.optimizer, config.train.ema_decay) == (500, "rmsprop", 0.9999)
+
+
+def test_divergence_stops_the_retrain_and_exports_nothing(tmp_path):
+    from cream_tf import RunError
+
+    trainer = retrain.Retrainer(tiny_config(**{"train.lr": 1e6}), TINY, tmp_path / "run")
+    diverged = r"Training diverged in epoch 1, step \d+: loss is (nan|inf) .*train.lr=1000000.0"
+    with pytest.raises(RunError, match=diverged):
+        trainer.run()
+    assert not (tmp_path / "run" / "entry").exists() and not (tmp_path / "run" / "retrain_result.json").exists()
+    assert not list((tmp_path / "run").glob("checkpoints/ckpt-*"))
