@@ -126,7 +126,8 @@ def export(arch) -> str:
     model = build_child(arch, name=FLAGS.zoo or "cream")
     if FLAGS.weights:
         zoo.load_weights_from(model, FLAGS.weights)
-    extra = {"zoo_name": FLAGS.zoo, "paper_accuracy": zoo.entry(FLAGS.zoo)} if FLAGS.zoo else {}
+    # The paper's accuracy belongs to the official weights only (--mode=convert), not to these.
+    extra = {"zoo_name": FLAGS.zoo} if FLAGS.zoo else {}
     preprocessing = zoo.IMAGENET_PREPROCESSING if FLAGS.zoo else None
     data_config = export_config = None
     if FLAGS.config_file or FLAGS.params_override:  # data given: int8 file and measured accuracy too
@@ -139,7 +140,7 @@ def export(arch) -> str:
         model,
         arch,
         FLAGS.output_dir,
-        weights_source=FLAGS.weights or "random initialization (no weights given)",
+        weights_source=FLAGS.weights or "random",
         preprocessing=preprocessing,
         extra_metadata=extra,
         overwrite=FLAGS.overwrite,
@@ -147,6 +148,11 @@ def export(arch) -> str:
         export_config=export_config,
     )
     message = f"wrote zoo entry {path} ({', '.join(sorted(p.name for p in path.iterdir()))})"
+    if not FLAGS.weights:
+        message = (
+            "Warning: no --weights given, so the entry holds randomly initialized weights "
+            f"(metadata.json says weights: random); convert official ones with --mode=convert.\n{message}"
+        )
     if data_config is not None:
         message += "\n" + _format_accuracy(json.loads((path / exporter.METADATA_FILE).read_text())["accuracy"])
     return message

@@ -138,6 +138,9 @@ def test_cli_export_writes_an_entry(tmp_path):
     assert result.returncode == 0, result.stderr
     meta = json.loads((tmp_path / "tiny" / "metadata.json").read_text())
     assert meta["architecture"]["in_channels"] == 1 and meta["input"]["shape"] == [28, 28, 1]
+    # Fresh weights say so, on the console and in the metadata, and claim no published accuracy.
+    assert meta["weights"] == "random" and "paper_accuracy" not in meta
+    assert result.stdout.startswith("Warning: no --weights given"), result.stdout
 
 
 @pytest.mark.parametrize(
