@@ -257,7 +257,13 @@ def evaluate() -> dict:
     config_file = FLAGS.config_file
     if not config_file and (run_dir / "config.yaml").is_file():
         config_file = str(run_dir / "config.yaml")
-    figures = evaluator.evaluate(target, _retrain_config(config_file).data, FLAGS.split, FLAGS.eval_batches)
+    data_config = _retrain_config(config_file).data
+    metadata = target / "metadata.json"
+    if not FLAGS.config_file and metadata.is_file():  # an entry folder: measured as it was exported
+        from cream_tf import data
+
+        data_config = data.config_for_entry(data_config, json.loads(metadata.read_text()).get("preprocessing"))
+    figures = evaluator.evaluate(target, data_config, FLAGS.split, FLAGS.eval_batches)
     print(
         f"{figures['source']} ({figures['format']}) on {figures['split']}, {figures['images']} images: "
         f"top-1 {figures['top1']:.2f}%, top-5 {figures['top5']:.2f}%"

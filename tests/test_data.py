@@ -436,3 +436,12 @@ def test_sample_images_are_eval_mode_and_always_the_same(tmp_path):
         assert np.abs(plain - image).reshape(len(plain), -1).max(axis=1).min() == 0
     with pytest.raises(ValueError, match=r"count=7 .*holds 6.*1\.\.6"):
         data.sample_images(config, "train", 7)
+
+
+def test_an_entry_is_measured_with_the_preprocessing_its_metadata_records():
+    exported = DataConfig(name="fashion_mnist", image_size=32, channels=1, mean=(0.5,), std=(0.25,))
+    recorded = data.preprocessing_metadata(exported)
+    measured = data.config_for_entry(DataConfig(name="fashion_mnist", image_size=28, channels=1), recorded)
+    assert (measured.image_size, measured.channels, measured.mean, measured.std) == (32, 1, (0.5,), (0.25,))
+    assert data.preprocessing_metadata(measured) == recorded
+    assert data.config_for_entry(exported, None) is exported

@@ -8,6 +8,7 @@ retraining, export and calibration ask.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -68,6 +69,20 @@ def num_examples(config: DataConfig, split: str) -> int:
     once per process so that only readable ones count."""
     config.validate(split)
     return sources.example_count(config, split)
+
+
+def config_for_entry(config: DataConfig, preprocessing: dict | None) -> DataConfig:
+    """`config` with the input size, channels, mean and std an entry's metadata.json records
+    (what `preprocessing_metadata` wrote), so an entry is measured as it was exported."""
+    if not preprocessing:
+        return config
+    return dataclasses.replace(
+        config,
+        image_size=int(preprocessing.get("input_size", config.image_size)),
+        channels=1 if preprocessing.get("color") == "grayscale" else 3 if "color" in preprocessing else config.channels,
+        mean=tuple(preprocessing.get("mean", config.mean)),
+        std=tuple(preprocessing.get("std", config.std)),
+    )
 
 
 def preprocessing_metadata(config: DataConfig) -> dict:
