@@ -3,8 +3,6 @@ point, as a crash, preemption or power cut would end it.
 
     python fault_worker.py CONFIG MODEL_DIR none       # runs (or resumes) to the end
     python fault_worker.py CONFIG MODEL_DIR kill       # SIGKILL in step 4 of epoch 2
-    python fault_worker.py CONFIG MODEL_DIR torn       # SIGKILL while the checkpoint after step 3
-                                                       # of epoch 2 is half written (index cut short)
     python fault_worker.py CONFIG MODEL_DIR sigterm    # SIGTERM in step 2 of epoch 2
 
 Exits as main.py does (a RunError: its message, its exit code); writes MODEL_DIR/done.json with
@@ -22,7 +20,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from cream_tf import RunError, training
+from cream_tf import RunError
 from cream_tf import config as config_lib
 from cream_tf.config import SearchConfig
 from cream_tf.search.run import Search
@@ -49,17 +47,6 @@ if FAULT in ("kill", "sigterm"):
     callbacks = run.callbacks
     fault = SignalInStep(run, 4, signal.SIGKILL) if FAULT == "kill" else SignalInStep(run, 2, signal.SIGTERM)
     run.callbacks = lambda: [*callbacks(), fault]
-elif FAULT == "torn":
-    save = training.TrainingRun.save
-
-    def torn_save(self):
-        save(self)
-        if self.epoch == 1 and self.batch == 3:
-            index = max((self.model_dir / "checkpoints").glob("ckpt-*.index"), key=lambda p: p.stat().st_mtime)
-            index.write_bytes(index.read_bytes()[:40])
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    training.TrainingRun.save = torn_save
 elif FAULT != "none":
     raise SystemExit(f"unknown fault {FAULT!r}")
 try:
