@@ -408,7 +408,8 @@ class _Divergence(keras.callbacks.TerminateOnNaN):
             if key in logs and not math.isfinite(float(logs[key])):
                 run = self.run
                 raise RunError(
-                    f"Training diverged in epoch {run.epoch + 1}, step {batch + 1}: {key} is {float(logs[key])} "
+                    f"Training diverged in epoch {run.epoch + 1}, step {run.offset + batch + 1}: {key} is "
+                    f"{float(logs[key])} "
                     f"(train.lr={run.config.train.lr}). Nothing was exported; the checkpoints in "
                     f"{run.model_dir / folders.CHECKPOINTS} are from before it. Try a lower train.lr, or check "
                     "the data (pixel range, labels)."
