@@ -250,15 +250,16 @@ def evaluate() -> dict:
     from pathlib import Path
 
     from cream_tf import evaluate as evaluator
+    from cream_tf import folders
 
     target = Path(FLAGS.model or _retrain_dir())
     # A retrain model_dir, or a checkpoint in one, is measured on the data it was trained on.
     run_dir = target.parent.parent if Path(f"{target}.index").is_file() else target
     config_file = FLAGS.config_file
-    if not config_file and (run_dir / "config.yaml").is_file():
-        config_file = str(run_dir / "config.yaml")
+    if not config_file and (run_dir / folders.CONFIG_FILE).is_file():
+        config_file = str(run_dir / folders.CONFIG_FILE)
     data_config = _retrain_config(config_file).data
-    metadata = target / "metadata.json"
+    metadata = target / folders.METADATA_FILE
     if not FLAGS.config_file and metadata.is_file():  # an entry folder: measured as it was exported
         from cream_tf import data
 
