@@ -16,17 +16,21 @@ def make_strategy() -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy()
 
 
+def _cluster(strategy: tf.distribute.Strategy):
+    """The strategy's cluster resolver (or None) and its cluster as {task type: addresses}."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return resolver, resolver.cluster_spec().as_dict() if resolver is not None else {}
+
+
 def workers(strategy: tf.distribute.Strategy) -> int:
     """How many machines (tasks) train together."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    _, cluster = _cluster(strategy)
     return max(1, sum(len(tasks) for kind, tasks in cluster.items() if kind in ("chief", "worker")))
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this worker writes results: the chief, or worker 0 of a cluster without one."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    resolver, cluster = _cluster(strategy)
     if not cluster or resolver.task_type == "chief":
         return True
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
