@@ -67,6 +67,13 @@ flags.DEFINE_bool(
     False,
     "search/retrain: resume a run in --model_dir even though the config now differs from its config.yaml.",
 )
+flags.DEFINE_integer(
+    "local_workers",
+    1,
+    "search/retrain: train as this many processes on this machine, one per GPU (MultiWorkerMirroredStrategy "
+    "over localhost, as torch.distributed runs one process per GPU), so each traces one replica's graph; "
+    "1 = one process for every local GPU (MirroredStrategy).",
+)
 flags.DEFINE_bool("overwrite", False, "export/retrain: replace an existing output folder.")
 flags.DEFINE_string(
     "checkpoint",
@@ -294,6 +301,19 @@ def main(argv):
     if FLAGS.mode is None:
         raise app.UsageError(f"--mode is required; valid modes are {', '.join(MODES)}.")
     try:
+        if FLAGS.local_workers != 1 and FLAGS.mode in ("search", "retrain"):
+            from pathlib import Path
+
+            from cream_tf import launch
+
+            model_dir = FLAGS.model_dir if FLAGS.mode == "search" else _retrain_dir()
+            argv, skip = [], False
+            for arg in sys.argv:  # the same command, less the flag (as --local_workers=N or --local_workers N)
+                flag = arg.lstrip("-").split("=")[0] == "local_workers" and arg.startswith("-")
+                if not (flag or skip):
+                    argv.append(arg)
+                skip = flag and "=" not in arg
+            raise SystemExit(launch.launch(argv, FLAGS.local_workers, Path(model_dir) / "logs"))
         if FLAGS.mode == "search":
             print(search())
             return

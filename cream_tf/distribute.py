@@ -1,5 +1,5 @@
 """Which tf.distribute strategy a run uses, which worker writes results, and what the
-replicas demand of the batch."""
+replicas demand of the batch (cream_tf.launch starts one process per accelerator)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,12 @@ def check_batch(batch_size: int, strategy: tf.distribute.Strategy) -> None:
             f"data.batch_size={batch_size} does not split evenly over {replicas} replicas; "
             "valid are positive multiples of the replica count."
         )
+
+
+def barrier(strategy: tf.distribute.Strategy, name: str, hours: float = 168.0) -> None:
+    """With several workers, waits until every one of them has called this (the coordination
+    service's barrier); returns at once on one machine."""
+    if workers(strategy) > 1:
+        from tensorflow.python.eager import context
+
+        context.context().wait_at_barrier(f"cream_tf_{name}", int(hours * 3600 * 1000))

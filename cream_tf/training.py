@@ -130,6 +130,7 @@ class TrainingRun:
         self.epoch, self.batch, self.offset = 0, 0, 0
         self.sums, self.epoch_began, self.last_save = {}, 0.0, time.time()
         self.stop_signal = 0
+        self.first_step_seconds = 0.0  # tracing and the first step, as the last start measured it
         self.writer = None
         self._checkpoint = self._host_state = None
 
@@ -212,7 +213,13 @@ class TrainingRun:
         )
         directory.mkdir(parents=True, exist_ok=True)
         checkpoint = self.checkpoint
-        state = {"epoch": self.epoch, "batch": self.batch, "sums": self.sums, **self.host_state()}
+        state = {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "sums": self.sums,
+            "first_step_seconds": self.first_step_seconds,
+            **self.host_state(),
+        }
         self._host_state.assign(json.dumps(state, allow_nan=False))
         tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2).save()
         self.last_save = time.time()
@@ -237,6 +244,7 @@ class TrainingRun:
                 logging.warning("Checkpoint %s is not usable (%s); trying the one before it.", prefix, reason)
                 continue
             self.epoch, self.batch, self.sums = state.pop("epoch"), state.pop("batch"), state.pop("sums")
+            self.first_step_seconds = state.pop("first_step_seconds", 0.0)
             self.set_host_state(state)
             logging.info(
                 "Resumed from %s: epoch %d, step %d%s.",
@@ -269,7 +277,7 @@ class TrainingRun:
             self.model_dir.mkdir(parents=True, exist_ok=True)
             self.writer = tf.summary.create_file_writer(str(self.model_dir / folders.TENSORBOARD))
         self.restore()
-        callbacks = [_Divergence(self), *self.callbacks(), _EpochEnd(self, stop_at_epoch)]
+        callbacks = [_FirstStep(self), _Divergence(self), *self.callbacks(), _EpochEnd(self, stop_at_epoch)]
         if self.batch and self.epoch < self.epochs:  # first the rest of the epoch a checkpoint cut
             self.offset = self.batch
             self._fit(callbacks, epochs=self.epoch + 1, steps=self.steps_per_epoch - self.batch)
@@ -302,15 +310,18 @@ class TrainingRun:
                 self.check_same_config()
             if self.is_chief:
                 self.write_inputs()
-            if not self.train(stop_at_epoch) or not self.is_chief:
-                return None
-            train_seconds = time.time() - start
-            result = self.finish()
-            result["timing"] = {
-                "train_seconds": round(train_seconds, 1),
-                "total_seconds": round(time.time() - start, 1),
-            }
-            atomic.write_json(self.model_dir / self.RESULT_FILE, result)
+            result = None
+            if self.train(stop_at_epoch) and self.is_chief:
+                train_seconds = time.time() - start
+                result = self.finish()
+                result["timing"] = {
+                    "train_seconds": round(train_seconds, 1),
+                    "total_seconds": round(time.time() - start, 1),
+                }
+                atomic.write_json(self.model_dir / self.RESULT_FILE, result)
+            # The other workers wait for the chief's selection and export: a worker that ends
+            # first looks crashed to the cluster's coordination service, which says so on the chief.
+            distribute.barrier(self.strategy, "run_end")
             return result
 
     # Config keys (dotted prefixes) that change where data is read, how often checkpoints are
@@ -451,6 +462,35 @@ def _signals(run: TrainingRun):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class _FirstStep(keras.callbacks.Callback):
+    """Says why the first step keeps the run silent: TensorFlow builds (traces and optimizes)
+    the train step's graph, which takes minutes for a large supernet on several replicas; and
+    how long that took, then and on the run's previous start."""
+
+    def __init__(self, run: TrainingRun):
+        super().__init__()
+        self.run, self.began, self.done = run, None, False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.began is None:
+            self.began = time.time()
+            last = self.run.first_step_seconds
+            strategy = self.run.strategy
+            logging.info(
+                "Building the train step's graph for %d replica(s) in this process (%d in all); the first step "
+                "waits for it%s.",
+                len(strategy.extended.worker_devices),
+                strategy.num_replicas_in_sync,
+                f" (on this run's last start: {last:.0f} s)" if last else "",
+            )
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.done:
+            self.done = True
+            self.run.first_step_seconds = round(time.time() - self.began, 1)
+            logging.info("Train step built; the first step took %.1f s.", self.run.first_step_seconds)
 
 
 class _EpochEnd(keras.callbacks.Callback):

@@ -2,12 +2,17 @@
 
     python distributed_worker.py mirrored OUT.npz   one step on one device, then on two logical
                                                     CPU devices under MirroredStrategy
-    python distributed_worker.py multiworker OUT.npz   (with TF_CONFIG) a few steps under
-                                                    MultiWorkerMirroredStrategy
+    python distributed_worker.py multiworker OUT_{}.npz   (with TF_CONFIG, as cream_tf.launch
+                                                    starts it) a few steps under
+                                                    MultiWorkerMirroredStrategy; {} is the worker's index
+
+Each also saves the graph ops its training traced (`ops/...`: nodes of every function it added to
+TensorFlow's function library), to compare what one replica and two cost.
 
 Logical devices must be configured before TensorFlow initializes, hence a separate process.
 """
 
+import json
 import os
 import sys
 
@@ -15,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import context
 
 MODE, OUT = sys.argv[1], sys.argv[2]
 if MODE == "mirrored":
@@ -49,6 +55,12 @@ class Capture(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.logs = logs
+
+
+def graph_ops() -> int:
+    """Nodes of every function traced in this process so far."""
+    library = context.context()
+    return sum(len(library.get_function_def(name).node_def) for name in library.list_function_names())
 
 
 def train(strategy, steps, initial=None, meta=True):
@@ -97,7 +109,9 @@ if MODE == "mirrored":
     two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     # The second step updates the meta network, then distils from the board path the first one left.
     initial = list(train(one, 0)[0].values())
+    before = graph_ops()
     a = train(one, 2, initial)
+    middle = graph_ops()
     b = train(two, 2, initial)
     np.savez(
         OUT,
@@ -107,9 +121,13 @@ if MODE == "mirrored":
             for step, snapshot in enumerate(runs, start=1)
             for k, v in snapshot.items()
         },
+        **{"ops/one": middle - before, "ops/two": graph_ops() - middle},
     )
 else:
     # Two steps: a warm-up step that fills the board, then a meta step and one that distils from it.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    np.savez(OUT, **train(strategy, 2)[-1])
+    before = graph_ops()
+    final = train(strategy, 2)[-1]
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    np.savez(OUT.format(index), **final, **{"ops/worker": graph_ops() - before})
 print("done")

@@ -3,10 +3,10 @@ graph for every path, the closed-form meta gradient, distribution and exact resu
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import keras
 import numpy as np
@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from cream_tf import config as config_lib
+from cream_tf import launch
 from cream_tf.arch import SearchSpace
 from cream_tf.config import SearchConfig
 from cream_tf.flops import flops_of
@@ -328,11 +329,18 @@ def _run_worker(args, env=None):
     )
 
 
-def test_mirrored_step_on_two_devices_equals_one_device(tmp_path):
-    process = _run_worker(["mirrored", str(tmp_path / "out.npz")])
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory):
+    """Two steps on one device, then on two logical devices under MirroredStrategy."""
+    out = tmp_path_factory.mktemp("mirrored") / "out.npz"
+    process = _run_worker(["mirrored", str(out)])
     output, _ = process.communicate(timeout=1200)
     assert process.returncode == 0, output[-3000:]
-    weights = np.load(tmp_path / "out.npz")
+    return dict(np.load(out))
+
+
+def test_mirrored_step_on_two_devices_equals_one_device(mirrored):
+    weights = mirrored
     # Step 1 is the specification (1e-5); step 2 distils from the board step 1 filled, and the
     # two summation orders have drifted a little more by then.
     for step, atol in ((1, 1e-5), (2, 1e-4)):
@@ -347,35 +355,22 @@ def test_mirrored_step_on_two_devices_equals_one_device(tmp_path):
                 np.testing.assert_allclose(one, two, atol=atol, err_msg=f"step {step}: {name}")
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def test_two_workers_on_localhost_end_with_equal_weights(tmp_path):
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
-    processes = [
-        _run_worker(
-            ["multiworker", str(tmp_path / f"worker{i}.npz")],
-            {
-                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-                "CUDA_VISIBLE_DEVICES": "",
-            },
-        )
-        for i in range(2)
-    ]
-    for process in processes:
-        output, _ = process.communicate(timeout=1200)
-        assert process.returncode == 0, output[-3000:]
-    a, b = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
+def test_two_local_workers_end_with_equal_weights_and_trace_one_replica_each(tmp_path, mirrored):
+    """`main.py --local_workers=2`'s launcher: each worker traces one replica's graph (MirroredStrategy
+    traces the step once per replica in one process), and they train the same weights."""
+    worker = [str(HERE / "distributed_worker.py"), "multiworker", str(tmp_path / "worker{}.npz")]
+    environment = {"CUDA_VISIBLE_DEVICES": ""}
+    with mock.patch.dict(os.environ, environment):
+        assert launch.launch(worker, 2, tmp_path / "logs") == 0, (tmp_path / "logs" / "worker_1.log").read_text()[
+            -3000:
+        ]
+    a, b = (dict(np.load(tmp_path / f"worker{i}.npz")) for i in range(2))
     assert set(a) == set(b)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    one, two, each = mirrored["ops/one"], mirrored["ops/two"], a["ops/worker"]
+    assert two > 1.6 * one  # what the launcher avoids: MirroredStrategy builds every replica's copy
+    assert each < 1.15 * one, f"a worker traced {each} ops, one replica alone {one}"
 
 
 # --- the whole search -----------------------------------------------------------------------------
@@ -420,6 +415,8 @@ def assert_same_state(a, b, what=""):
         assert entry_a["accuracy"] == pytest.approx(entry_b["accuracy"]), what
     for sums in (host_a.pop("sums"), host_b.pop("sums")):
         assert set(sums) == {"loss", "correct", "count"}
+    for seconds in (host_a.pop("first_step_seconds"), host_b.pop("first_step_seconds")):
+        assert seconds > 0, what  # tracing and the first step, timed for the next start's log line
     assert host_a == host_b, what  # epoch, step, meta updates, the sampler's random state
 
 
