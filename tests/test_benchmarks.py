@@ -17,8 +17,8 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # Every benchmark script; files named _*.py are helper modules the scripts import.
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
-# Studies take hours and run on their own, not from run_all.sh; their tables hold signed figures.
-STUDIES = ["search_dynamics.py", "search_quality.py"]
+# Studies take hours and run on their own, not from run_all.sh; each has its own smoke test below.
+STUDIES = ["search_dynamics.py", "search_quality.py", "trace_scaling.py"]
 TIMINGS = [script for script in SCRIPTS if script not in STUDIES]
 HELPERS = sorted(p.name for p in BENCHMARKS.glob("_*.py"))
 
@@ -217,3 +217,13 @@ def test_search_dynamics_smoke_compares_inits_and_sees_the_meta_network_move():
     assert int(row["meta updates"]) >= 1, row
     assert float(row["weights moved (of initial norm)"].rstrip("%")) > 0, row
     assert 0 < float(row["m mean"]) < 1, row
+
+
+def test_trace_scaling_smoke_measures_one_replica_and_two_workers():
+    rows = table_with(run_smoke("trace_scaling.py"), "graph ops")
+    assert [(row["processes"], row["replicas"]) for row in rows] == [("1", "1"), ("2", "2")]
+    for row in rows:
+        for column in ("build s", "trace s", "first step s", "step s", "graph ops", "peak RSS GB (per process)"):
+            positive(row[column])
+    one, workers = (positive(row["graph ops"]) for row in rows)
+    assert workers < 1.15 * one  # each worker process traces its own replica only

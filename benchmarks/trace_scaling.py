@@ -1,0 +1,211 @@
+"""How building, tracing and running the search's train step scale with the replicas.
+
+For each supernet (the default Fashion-MNIST one and the ImageNet one, 21 positions) and each
+replica count (logical CPU devices under MirroredStrategy), a fresh process builds the supernet
+and the Cream trainer, then times:
+- build: the supernet, the trainer and their variables, in the strategy's scope;
+- trace: turning the replicated train step (the meta step included, as `fit` runs it) into a
+  graph: `get_concrete_function`, Python only;
+- first step: the first call, which optimizes the graph (Grappler) and runs it once;
+- step: the median of a few more steps (a distillation step on a full board);
+and counts the graph's ops (the step's own graph plus every function in its library), and the
+process's peak resident memory. Each configuration runs in its own process, so one does not
+inherit another's memory or caches.
+
+    .venv/bin/python benchmarks/trace_scaling.py                          # both supernets, 1 2 4 8
+    .venv/bin/python benchmarks/trace_scaling.py --configs=fashion_mnist --replicas=1,2
+    .venv/bin/python benchmarks/trace_scaling.py --smoke                  # a tiny space, 1 and 2
+
+Prints a Markdown table and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = (
+    "data.image_size=16,space.depths=[1,1,1,1,1],space.stem_channels=8,space.stem_stride=1,cream.board_size=2,"
+    "cream.pick_method=top1"
+)
+
+
+def measure(args) -> dict:
+    """One configuration, in this (fresh) process."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    if args.launch == "mirrored":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas)
+    import keras
+    import numpy as np
+
+    from cream_tf import config as config_lib
+    from cream_tf.search.board import Entry, PrioritizedBoard
+    from cream_tf.search.run import build_space
+    from cream_tf.search.trainer import CreamTrainer
+    from cream_tf.supernet import Supernet
+
+    config_file = os.path.join(REPO, "configs", "search", f"{args.config}.yaml")
+    overrides = f"data.batch_size={args.batch * args.replicas},space.dropout=0.0"
+    config = config_lib.load(config_lib.SearchConfig, config_file, overrides + ("," + SMOKE if args.smoke else ""))
+    if args.launch == "mirrored":
+        strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(args.replicas)])
+    else:  # this process is one of `replicas` workers (TF_CONFIG), as main.py --local_workers starts them
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    keras.utils.set_random_seed(0)
+    began = time.perf_counter()
+    space = build_space(config)
+    with strategy.scope():
+        trainer = CreamTrainer(Supernet(space), config, config.data.batch_size)
+        trainer.compile(optimizer=None)
+    build = time.perf_counter() - began
+
+    t, rng = space.template, np.random.default_rng(0)
+    shape = (config.data.batch_size, t.input_size, t.input_size, t.in_channels)
+    images = rng.normal(size=shape).astype("float32")
+    labels = rng.integers(0, t.num_classes, config.data.batch_size).astype("int32")
+    board = PrioritizedBoard(config.cream.board_size, config.cream.accuracy_gap)
+    s = config.cream.slice
+    positions = len(space.positions)
+    for k in range(config.cream.board_size):  # a full board: scoring costs its most
+        probs = rng.dirichlet(np.ones(t.num_classes), s).astype("float32")
+        board.offer(Entry(tuple(rng.integers(0, 6, positions)), 50.0 + k, k, images[:s], probs))
+    trainer.load_board(board)
+    trainer.set_step(np.full(positions, 3), 0.01, distill=True, meta=True)
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: tf.data.Dataset.from_tensors((images[: args.batch], labels[: args.batch])).repeat()
+    )
+    batch = next(iter(dataset))
+
+    @tf.function
+    def step(data):  # what Keras' train function does around train_step
+        outputs = strategy.run(trainer.train_step, args=(data,))
+        return strategy.experimental_local_results(outputs["loss"])[0]
+
+    began = time.perf_counter()
+    concrete = step.get_concrete_function(batch)
+    trace = time.perf_counter() - began
+    graph = concrete.graph.as_graph_def()
+    ops = len(graph.node) + sum(len(f.node_def) for f in graph.library.function)
+    began = time.perf_counter()
+    step(batch).numpy()
+    first = time.perf_counter() - began
+    times = []
+    for _ in range(args.steps):
+        began = time.perf_counter()
+        step(batch).numpy()
+        times.append(time.perf_counter() - began)
+    return {
+        "config": args.config,
+        "launch": args.launch,
+        "replicas": args.replicas,
+        "positions": len(space.positions),
+        "build": build,
+        "trace": trace,
+        "first": first,
+        "step": statistics.median(times),
+        "ops": ops,
+        "functions": len(graph.library.function),
+        "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+def run_children(config: str, launch: str, replicas: int, args) -> list[dict]:
+    """One process (mirrored) or `replicas` processes at once (workers); their results."""
+    command = [sys.executable, os.path.abspath(__file__), f"--child={config}:{launch}:{replicas}"]
+    command += [f"--batch={args.batch}", f"--steps={args.steps}"] + (["--smoke"] if args.smoke else [])
+    envs = [dict(os.environ)]
+    if launch == "workers":
+        from cream_tf.launch import free_ports
+
+        cluster = {"worker": [f"localhost:{port}" for port in free_ports(replicas)]}
+        envs = [
+            {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+            for i in range(replicas)
+        ]
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for env in envs
+    ]
+    results = []
+    for process in processes:
+        out, err = process.communicate()
+        found = [line[7:] for line in out.splitlines() if line.startswith("RESULT ")]
+        if process.returncode or not found:
+            sys.exit(f"{config}, {launch}, {replicas} replicas failed (exit {process.returncode}):\n{err[-3000:]}")
+        results.append(json.loads(found[0]))
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="fashion_mnist,imagenet")
+    parser.add_argument("--replicas", default="1,2,4,8")
+    parser.add_argument(
+        "--launch",
+        default="mirrored,workers",
+        help="mirrored: one process, MirroredStrategy over logical devices; workers: one process per replica "
+        "(main.py --local_workers)",
+    )
+    parser.add_argument("--batch", type=int, default=8, help="images per replica (the meta step takes 2 slices of 4)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after the first")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a tiny space without the meta step: 1 replica, 2 workers, 1 step"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # CONFIG:LAUNCH:REPLICAS, measured in this process
+    args = parser.parse_args()
+    if args.child:
+        args.config, args.launch, replicas = args.child.split(":")
+        args.replicas = int(replicas)
+        print("RESULT " + json.dumps(measure(args)), flush=True)
+        return
+    if args.smoke:
+        args.configs, args.replicas, args.launch, args.steps = "fashion_mnist", "1,2", "workers", 1
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _common import machine
+
+    rows = []
+    for config in args.configs.split(","):
+        counts = [int(r) for r in args.replicas.split(",")]
+        runs = [("mirrored", 1)] if 1 in counts else []  # the baseline: one replica, one process
+        runs += [(launch, n) for launch in args.launch.split(",") for n in counts if n > 1]
+        for launch, replicas in runs:
+            results = run_children(config, launch, replicas, args)
+            row = {key: max(r[key] for r in results) for key in ("build", "trace", "first", "step", "ops", "peak_gb")}
+            row.update(config=config, launch=launch, replicas=replicas, positions=results[0]["positions"])
+            row["total_gb"] = sum(r["peak_gb"] for r in results)
+            rows.append(row)
+            print(f"measured {config}, {launch}, {replicas} replicas", file=sys.stderr, flush=True)
+    print(f"Trace scaling, {args.batch} images per replica; machine: {machine()}\n")
+    print(
+        "| supernet | positions | processes | replicas | build s | trace s | first step s | step s | graph ops | "
+        "peak RSS GB (per process) | peak RSS GB (all) | "
+        "trace / 1 replica | first step / 1 replica | peak RSS / 1 replica |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    base = {}
+    for r in rows:
+        one = base.setdefault(r["config"], r)
+        processes = r["replicas"] if r["launch"] == "workers" else 1
+        print(
+            f"| {r['config']} | {r['positions']} | {processes} | {r['replicas']} | {r['build']:.1f} | "
+            f"{r['trace']:.1f} | {r['first']:.1f} | {r['step']:.3f} | {r['ops']} | {r['peak_gb']:.2f} | "
+            f"{r['total_gb']:.2f} | "
+            f"{r['trace'] / one['trace']:.2f} | {r['first'] / one['first']:.2f} | {r['peak_gb'] / one['peak_gb']:.2f} |"
+        )
+    print(
+        "\nA row with several processes shows the slowest process's times and the largest process's memory; "
+        "the processes run at once, so on a machine with fewer cores than processes they share the cores."
+    )
+
+
+if __name__ == "__main__":
+    main()
