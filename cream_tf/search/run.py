@@ -82,6 +82,14 @@ class Search(TrainingRun):
                 f"{self.steps_per_epoch} steps per epoch and train.epochs={train.epochs}; valid are "
                 "meta_update_every below the steps per epoch and more epochs than warm-up ones."
             )
+        per_replica = config.data.batch_size // self.strategy.num_replicas_in_sync
+        if cream.pick_method == "meta" and per_replica < 2 * cream.slice:
+            raise ValueError(
+                f"cream.slice={cream.slice} needs at least {2 * cream.slice} images per replica (the meta step "
+                f"takes two slices of each replica's batch), and data.batch_size={config.data.batch_size} over "
+                f"{self.strategy.num_replicas_in_sync} replicas gives {per_replica}; valid are a larger batch "
+                "or a smaller slice."
+            )
         self.space = build_space(config)
         self.sampler = PathSampler(
             self.space,
