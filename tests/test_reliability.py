@@ -68,19 +68,10 @@ def test_a_search_killed_anywhere_resumes_to_the_same_end(tmp_path):
         assert_same_state(_final_state(model_dir), _final_state(tmp_path / "whole"), f"{fault}: ")
 
 
-def test_no_usable_checkpoint_is_one_clear_error(tmp_path):
-    from cream_tf.search.run import Search
-
-    first = Search(_tiny(tmp_path, "selection.export=false"), tmp_path / "run", strategy=tf.distribute.get_strategy())
-    assert first.run(stop_at_epoch=1) is None
-    for data in (tmp_path / "run" / "checkpoints").glob("ckpt-1.data*"):
-        data.write_bytes(data.read_bytes()[:100])
-    again = Search(_tiny(tmp_path, "selection.export=false"), tmp_path / "run", strategy=tf.distribute.get_strategy())
-    with pytest.raises(RunError, match=r"No usable checkpoint in .*ckpt-1: "):
-        again.restore()
-
-
-def test_a_changed_config_is_refused_naming_the_keys_and_a_reporting_one_is_not(tmp_path):
+def test_a_changed_config_is_refused_and_no_usable_checkpoint_is_one_clear_error(tmp_path):
+    """One tiny search, stopped after its first epoch: resuming it with changed training settings
+    is refused naming the keys, with a changed reporting one it finishes; its checkpoints then
+    damaged, a resume is one error naming each."""
     from cream_tf.search.run import Search
 
     run_dir = tmp_path / "run"
@@ -95,6 +86,12 @@ def test_a_changed_config_is_refused_naming_the_keys_and_a_reporting_one_is_not(
     # Selection settings only change what is reported: the run resumes and finishes.
     finished = Search(_tiny(tmp_path, "selection.export=false,selection.eval_batches=1"), run_dir)
     assert finished.run()["winner"] is not None
+
+    for data in (run_dir / "checkpoints").glob("ckpt-*.data*"):
+        data.write_bytes(data.read_bytes()[:100])
+    again = Search(_tiny(tmp_path, "selection.export=false"), run_dir, strategy=tf.distribute.get_strategy())
+    with pytest.raises(RunError, match=r"No usable checkpoint in .*ckpt-2: .*; ckpt-1: "):
+        again.restore()
 
 
 def test_one_run_per_folder(tmp_path):
