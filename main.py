@@ -18,8 +18,6 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from absl import app, flags
 
 from cream_tf import RunError
@@ -73,6 +71,11 @@ flags.DEFINE_integer(
     "search/retrain: train as this many processes on this machine, one per GPU (MultiWorkerMirroredStrategy "
     "over localhost, as torch.distributed runs one process per GPU), so each traces one replica's graph; "
     "1 = one process for every local GPU (MirroredStrategy).",
+)
+flags.DEFINE_bool(
+    "verbose",
+    False,
+    "Also show TensorFlow's own log lines (its C++ runtime's and its Python INFO lines); cream_tf's are always shown.",
 )
 flags.DEFINE_bool("overwrite", False, "export/retrain: replace an existing output folder.")
 flags.DEFINE_string(
@@ -295,9 +298,25 @@ def show_config() -> str:
     return f"# {type(config).__name__} from {file}\n{config_lib.describe(config)}"
 
 
+def _quiet_tensorflow() -> None:
+    """Before TensorFlow is imported: its C++ INFO and WARNING lines off (and, on a machine
+    without a GPU, its ERROR lines too, which there are only the failed probe for one), its
+    Python INFO lines off; --verbose, or TF_CPP_MIN_LOG_LEVEL set by the user, keeps them."""
+    if FLAGS.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+        return
+    from cream_tf.launch import local_accelerators
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if local_accelerators() else "3")
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _quiet_tensorflow()
     if FLAGS.mode is None:
         raise app.UsageError(f"--mode is required; valid modes are {', '.join(MODES)}.")
     try:
