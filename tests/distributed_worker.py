@@ -104,6 +104,21 @@ def weights(supernet, trainer):
     return {v.path: v.numpy() for v in variables}
 
 
+def slice_error(strategy) -> str:
+    """What a search says when each replica's share of the batch is less than two meta slices."""
+    import tempfile
+
+    from cream_tf.search.run import Search
+
+    config = SearchConfig()
+    config.data.batch_size = 8  # 4 per replica; the meta step needs 2 x cream.slice (4)
+    try:
+        Search(config, tempfile.mkdtemp(), strategy=strategy)
+    except ValueError as error:
+        return str(error)
+    return ""
+
+
 if MODE == "mirrored":
     one = tf.distribute.OneDeviceStrategy("/cpu:0")
     two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -122,6 +137,7 @@ if MODE == "mirrored":
             for k, v in snapshot.items()
         },
         **{"ops/one": middle - before, "ops/two": graph_ops() - middle},
+        slice_error=slice_error(two),
     )
 else:
     # Two steps: a warm-up step that fills the board, then a meta step and one that distils from it.
