@@ -13,6 +13,8 @@ supernet's training time; the spread over seeds; and the stand-alone noise from 
 
     .venv/bin/python benchmarks/search_quality.py                  # the study (hours on 2 cores)
     .venv/bin/python benchmarks/search_quality.py --smoke          # tiny everything, minutes
+    .venv/bin/python benchmarks/search_quality.py --config_file=VARIANT.yaml --out=runs/variant \
+        --reference=runs/search_quality/study.json --rank_only --methods=meta --seeds=1   # a variant's tau
 
 Resumable: every trained model's figures go to --out/study.json as soon as they exist, and a
 supernet in training resumes from its own checkpoint, so a stopped study continues where it was.
@@ -101,6 +103,13 @@ class Study:
         self.state = json.loads(Path(self.file).read_text()) if os.path.isfile(self.file) else {}
         self.state.setdefault("supernets", {})
         self.state.setdefault("standalone", {})
+        if args.reference:  # another study's fixed paths and stand-alone figures, reused as they are
+            reference = json.loads(Path(args.reference).read_text())
+            self.state.setdefault("paths", reference["paths"])
+            if self.state["paths"] != reference["paths"]:
+                raise ValueError(f"{self.file} scores other fixed paths than --reference={args.reference}")
+            self.state["standalone"] = {**reference["standalone"], **self.state["standalone"]}
+            self.state.setdefault("random", reference.get("random", []))
 
     def save(self):
         atomic.write_json(self.file, self.state)
@@ -211,6 +220,10 @@ class Study:
             self.supernet(method, seed)
         supernets = self.state["supernets"]
         winners = {r["winner"]: r["winner_mflops"] for r in supernets.values()}
+        if self.args.rank_only:  # the fixed paths' reference only: tau and rho, no winner trained alone
+            for path in fixed:
+                self.standalone(space, path)
+            return self.report(space, fixed, {})
         for path in dict.fromkeys(fixed + list(winners)):
             self.standalone(space, path)
         for path in fixed[: self.args.repeats]:
@@ -238,13 +251,16 @@ class Study:
             tau = kendall_tau([inherited[p] for p in fixed], [alone[p] for p in fixed])
             rho = spearman_rho([inherited[p] for p in fixed], [alone[p] for p in fixed])
             tau_window = kendall_tau([inherited[p] for p in window], [alone[p] for p in window])
-            peers = [alone[p] for p in random[record["winner"]]]
-            mean, sd = statistics.mean(peers), statistics.stdev(peers) if len(peers) > 1 else float("nan")
-            gap = (alone[record["winner"]] - mean) / sd if sd else float("nan")
+            nan = float("nan")
+            peers = [alone[p] for p in random.get(record["winner"], [])]
+            mean = statistics.mean(peers) if peers else nan
+            sd = statistics.stdev(peers) if len(peers) > 1 else nan
+            winner_alone = alone.get(record["winner"], nan)
+            gap = (winner_alone - mean) / sd if sd else nan
             per_method.setdefault(method, []).append((tau, rho, tau_window, gap))
             print(
                 f"| {method} | {seed[4:]} | {tau:.3f} | {rho:.3f} | {tau_window:.3f} | {record['winner']} | "
-                f"{record['winner_mflops']:.2f} | {alone[record['winner']]:.2f} | {mean:.2f} +- {sd:.2f} | "
+                f"{record['winner_mflops']:.2f} | {winner_alone:.2f} | {mean:.2f} +- {sd:.2f} | "
                 f"{gap:.2f} | {record['train_seconds']:.0f} |"
             )
         print("\n| method | seeds | tau mean | tau spread (max - min) | rho mean | winner - mean, in sd (mean) |")
@@ -293,6 +309,15 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="fixed paths trained twice, for the noise")
     # 300 steps ranked paths no better than noise (RESULTS.md: tau -0.04 against 900 steps).
     parser.add_argument("--standalone_steps", type=int, default=900, help="one epoch of this many steps")
+    parser.add_argument(
+        "--reference", help="another study's study.json: its fixed paths and stand-alone figures are reused"
+    )
+    parser.add_argument(
+        "--rank_only",
+        action="store_true",
+        help="train the supernets and rank the fixed paths only (no winner or random path trained alone): "
+        "with --reference, a quick check of a search variant's ranking",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny supernets and schedules, one seed")
     args = parser.parse_args()
     args.methods = args.methods.split(",")
