@@ -204,10 +204,24 @@ def search() -> str:
     winner = result["winner"]
     if winner is None:
         return f"search finished without a board (see {FLAGS.model_dir}/search_result.json)"
-    return (
-        f"selected {winner['arch']}: {winner['mflops']} MFLOPs, held-out top-1 {winner['val_top1']}%, "
-        f"test top-1 {winner['test_top1']}% -> {winner.get('entry')}\n"
-        f"results: {FLAGS.model_dir}/search_result.json, TensorBoard: {FLAGS.model_dir}/tensorboard"
+    return search_summary(winner, FLAGS.model_dir)
+
+
+def search_summary(winner: dict, model_dir: str) -> str:
+    """The search's last lines: the winner, where the results are, and the command to run next."""
+    from cream_tf import folders
+
+    entry = winner.get("entry")
+    retrain = f"python main.py --mode=retrain --search_result={model_dir}/{folders.SEARCH_RESULT_FILE}"
+    return "\n".join(
+        [
+            f"selected {winner['arch']}: {winner['mflops']} MFLOPs, held-out top-1 {winner['val_top1']}%, "
+            f"test top-1 {winner['test_top1']}%" + (f"; zoo entry {entry}" if entry else ""),
+            f"results: {model_dir}/{folders.SEARCH_RESULT_FILE}, plot: {model_dir}/{folders.SEARCH_PLOT_FILE}, "
+            f"TensorBoard: tensorboard --logdir {model_dir}/{folders.TENSORBOARD}",
+            "next, retrain the winner" + (" from the weights it inherited" if entry else "") + ":",
+            f"  {retrain}" + (f" --weights={entry}" if entry else "") + " --model_dir=runs/retrain",
+        ]
     )
 
 
@@ -326,12 +340,7 @@ def main(argv):
             from cream_tf import launch
 
             model_dir = FLAGS.model_dir if FLAGS.mode == "search" else _retrain_dir()
-            argv, skip = [], False
-            for arg in sys.argv:  # the same command, less the flag (as --local_workers=N or --local_workers N)
-                flag = arg.lstrip("-").split("=")[0] == "local_workers" and arg.startswith("-")
-                if not (flag or skip):
-                    argv.append(arg)
-                skip = flag and "=" not in arg
+            argv = launch.without_flag(sys.argv, "local_workers")  # each worker runs the same command
             raise SystemExit(launch.launch(argv, FLAGS.local_workers, Path(model_dir) / "logs"))
         if FLAGS.mode == "search":
             print(search())

@@ -40,6 +40,17 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def without_flag(argv: list[str], name: str) -> list[str]:
+    """`argv` less absl flag `name`, given as --name=V, --name V, -name=V or -name V."""
+    kept, skip = [], False
+    for arg in argv:
+        flag = arg.startswith("-") and arg.lstrip("-").split("=")[0] == name
+        if not (flag or skip):
+            kept.append(arg)
+        skip = flag and "=" not in arg
+    return kept
+
+
 def launch(argv: list[str], workers: int, log_dir: Path) -> int:
     """Runs `python argv...` as `workers` processes on this machine that train together
     (MultiWorkerMirroredStrategy over localhost, as torch.distributed runs one process per
@@ -84,7 +95,7 @@ def launch(argv: list[str], workers: int, log_dir: Path) -> int:
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     status = 0
     try:
-        while any(p.poll() is None for p in processes):
+        while [p.poll() for p in processes].count(None):  # polls every process (any() would stop early)
             failed = [p.returncode for p in processes if p.returncode not in (None, 0)]
             if failed and not status:
                 status = failed[0]
