@@ -481,7 +481,7 @@ class _FirstStep(keras.callbacks.Callback):
             logging.info(
                 "Building the train step's graph for %d replica(s) in this process (%d in all); the first step "
                 "waits for it%s.",
-                len(strategy.extended.worker_devices),
+                strategy.num_replicas_in_sync // distribute.workers(strategy),
                 strategy.num_replicas_in_sync,
                 f" (on this run's last start: {last:.0f} s)" if last else "",
             )
@@ -539,21 +539,43 @@ class _EpochEnd(keras.callbacks.Callback):
 
 
 class Progress(keras.callbacks.Callback):
-    """Keras' progress bar over each epoch, on the chief only: redrawn on a terminal, one line
-    per epoch when the output is a file. `values(logs)` gives the (name, value) pairs to show;
-    names in `stateful` are shown as they are, the others averaged over the epoch."""
+    """Progress of each epoch, on the chief only. On a terminal, Keras' progress bar; when the
+    output is a file (a log, a scheduler's capture), plain lines instead of the bar's redraws:
+    one every tenth of an epoch. Either way one summary line per epoch as it ends. `values(logs)`
+    gives the (name, value) pairs to show; names in `stateful` are shown as they are, the others
+    averaged over the epoch's steps so far."""
 
     def __init__(self, run: TrainingRun, values, stateful=()):
         super().__init__()
         self.run, self.values, self.stateful = run, values, list(stateful)
-        self.bar = None
+        self.bar, self.terminal = None, sys.stdout.isatty()
+        self.sums, self.steps, self.began = {}, 0, 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.bar = keras.utils.Progbar(
-            self.run.steps_per_epoch,
-            stateful_metrics=self.stateful,
-            verbose=(1 if sys.stdout.isatty() else 2) if self.run.is_chief else 0,
+            self.run.steps_per_epoch, stateful_metrics=self.stateful, verbose=int(self.terminal and self.run.is_chief)
         )
+        self.sums, self.steps, self.began = {}, 0, time.time()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.bar.update(self.run.offset + batch + 1, self.values(logs or {}))
+        step = self.run.offset + batch + 1
+        values = self.values(logs or {})
+        self.bar.update(step, values)
+        self.steps += 1
+        for name, value in values:
+            self.sums[name] = float(value) if name in self.stateful else self.sums.get(name, 0.0) + float(value)
+        total = self.run.steps_per_epoch
+        if self.run.is_chief and (step == total or (not self.terminal and step % max(1, total // 10) == 0)):
+            shown = ", ".join(
+                f"{name} {value if name in self.stateful else value / self.steps:.4g}"
+                for name, value in self.sums.items()
+            )
+            logging.info(
+                "epoch %d/%d, step %d/%d: %s (%.1f s)",
+                self.run.epoch + 1,
+                self.run.epochs,
+                step,
+                total,
+                shown,
+                time.time() - self.began,
+            )

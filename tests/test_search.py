@@ -3,6 +3,7 @@ graph for every path, the closed-form meta gradient, distribution and exact resu
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -431,11 +432,21 @@ def scalars(run_dir, tag) -> dict[int, float]:
     return values
 
 
-def test_search_runs_end_to_end_and_resumes_exactly(tmp_path):
+def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, caplog):
     whole = Search(_tiny(tmp_path), tmp_path / "whole", strategy=tf.distribute.get_strategy())
     meta_before = [v.numpy() for v in whole.trainer.meta.trainable_variables]
-    result = whole.run()
+    with caplog.at_level("INFO"):
+        result = whole.run()
     run_dir = tmp_path / "whole"
+    # Output to a file (not a terminal): plain progress lines, here every step of 5, no bar redraws.
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 10 and lines[0].startswith("epoch 1/2, step 1/5: loss "), lines
+    assert re.fullmatch(
+        r"epoch 2/2, step 5/5: loss [\d.e+-]+, top1 [\d.]+, board 2, board_best [\d.]+, board_worst [\d.]+ "
+        r"\([\d.]+ s\)",
+        lines[-1],
+    ), lines[-1]
+    assert any(r.getMessage().startswith("Train step built; the first step took") for r in caplog.records)
     # Cream, not SPOS: the second epoch distils (KD > 0 at its last step, the 10th), and the meta
     # network is updated at batches 2 and 4 of it (every 2 steps, not at batch 0), and moves.
     assert scalars(run_dir, "train/kd")[10] > 0

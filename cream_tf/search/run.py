@@ -139,12 +139,16 @@ class Search(TrainingRun):
     def callbacks(self) -> list[keras.callbacks.Callback]:
         return [
             _SearchStep(self),
-            Progress(
-                self,
-                lambda logs: [("loss", logs["loss"]), ("top1", _top1(logs)), ("board", len(self.board))],
-                stateful=["board"],
-            ),
+            Progress(self, self.progress_values, stateful=["board", "board_best", "board_worst"]),
         ]
+
+    def progress_values(self, logs: dict) -> list[tuple[str, float]]:
+        """What the progress bar and lines show: the step's loss and top-1, the board's size and
+        its best and worst entries' accuracy (training-batch top-1 when admitted)."""
+        values = [("loss", logs["loss"]), ("top1", _top1(logs)), ("board", len(self.board))]
+        if self.board.entries:
+            values += [("board_best", self.board.entries[0].accuracy), ("board_worst", self.board.entries[-1].accuracy)]
+        return values
 
     def end_epoch(self, logs: dict) -> None:
         board = self.board.summary()
