@@ -211,7 +211,7 @@ def search_summary(winner: dict, model_dir: str) -> str:
     """The search's last lines: the winner, where the results are, and the command to run next."""
     from cream_tf import folders
 
-    entry = winner.get("entry")
+    entry = winner.get("entry") and os.path.join(model_dir, winner["entry"])  # stored relative to model_dir
     retrain = f"python main.py --mode=retrain --search_result={model_dir}/{folders.SEARCH_RESULT_FILE}"
     return "\n".join(
         [

@@ -52,7 +52,7 @@ def test_a_finished_search_names_its_results_and_the_next_command():
     spec = importlib.util.spec_from_file_location("cream_main", os.path.join(REPO, "main.py"))
     main = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(main)
-    winner = {"arch": "[3][3]@28", "mflops": 11.5, "val_top1": 90.1, "test_top1": 89.7, "entry": "runs/s/zoo/board_03"}
+    winner = {"arch": "[3][3]@28", "mflops": 11.5, "val_top1": 90.1, "test_top1": 89.7, "entry": "zoo/board_03"}
     lines = main.search_summary(winner, "runs/s").splitlines()
     assert lines[0] == (
         "selected [3][3]@28: 11.5 MFLOPs, held-out top-1 90.1%, test top-1 89.7%; zoo entry runs/s/zoo/board_03"

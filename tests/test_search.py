@@ -462,7 +462,11 @@ def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, caplog):
     assert winner is not None and len(result["board"]) == 2
     assert [row["winner"] for row in result["board"]].count(True) == 1
     assert winner["val_top1"] == max(row["val_top1"] for row in result["board"])
-    entry = Path(winner["entry"])
+    entry = run_dir / winner["entry"]  # relative to model_dir
+    board_file = json.loads((run_dir / "board.json").read_text())["board"]
+    assert [(row["path"], row["train_top1"]) for row in board_file] == [
+        (row["path"], row["train_top1"]) for row in result["board"]
+    ]  # one format for paths and accuracies in both files
     meta = json.loads((entry / "metadata.json").read_text())
     assert meta["architecture"]["string"] == winner["arch"]
     loaded = keras.models.load_model(entry / "model.keras")

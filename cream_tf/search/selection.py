@@ -60,7 +60,7 @@ def select_and_export(search) -> dict:
         arch = search.space.arch(list(entry.path))
         rows.append(
             {
-                "rank": rank,
+                "board_rank": rank,
                 "arch": str(arch),
                 "path": arch.path,
                 "mflops": round(entry.macs / 1e6, 3),
@@ -91,9 +91,9 @@ def select_and_export(search) -> dict:
     test = evaluator.top1(search.board.entries[best].path, data.load(config.data, "test", training=False))
     result["winner"] = dict(rows[best], test_top1=round(test, 3))
     for row, (child, arch) in zip(rows, models):
-        row["winner"] = row["rank"] == best
+        row["winner"] = row["board_rank"] == best
         if config.selection.export:
-            folder = search.model_dir / folders.SEARCH_ZOO_DIR / f"board_{row['rank']:02d}"
+            folder = search.model_dir / folders.SEARCH_ZOO_DIR / f"board_{row['board_rank']:02d}"
             write_entry(
                 child,
                 arch,
@@ -104,7 +104,7 @@ def select_and_export(search) -> dict:
                 preprocessing=data.preprocessing_metadata(config.data),
                 extra_metadata={"search": row},
             )
-            row["entry"] = str(folder)
+            row["entry"] = str(folder.relative_to(search.model_dir))  # within model_dir, wherever that moves
     result["winner"]["entry"] = rows[best].get("entry")
     plot(search, rows, best)
     return result
