@@ -20,7 +20,14 @@ from cream_tf import atomic, data, evaluate
 from cream_tf.arch import Arch
 from cream_tf.config import DataConfig, ExportConfig
 from cream_tf.flops import cost_of
-from cream_tf.folders import KERAS_FILE, METADATA_FILE, SAVED_MODEL_DIR, TFLITE_FLOAT_FILE, TFLITE_INT8_FILE
+from cream_tf.folders import (
+    KERAS_FILE,
+    LABELS_FILE,
+    METADATA_FILE,
+    SAVED_MODEL_DIR,
+    TFLITE_FLOAT_FILE,
+    TFLITE_INT8_FILE,
+)
 
 
 def to_tflite_float(saved_model_dir: Path) -> bytes:
@@ -114,18 +121,29 @@ def write_entry(
     overwrite: bool = False,
     data_config: DataConfig | None = None,
     export_config: ExportConfig | None = None,
+    labels: tuple[str, ...] | None = None,
 ) -> Path:
     """Exports `model` (built for `arch`) as a zoo entry folder at `output_dir`; returns its path.
 
     With `data_config` (data the model fits) it also writes model_int8.tflite, calibrated on
     training images (unless export_config.int8 is off), and measures every format's accuracy.
+    `labels` (default: the data's class names, where the source knows them) go to labels.txt
+    and metadata.json.
     """
     export_config = export_config or ExportConfig()
+    if labels is None and data_config is not None:
+        labels = data.class_names(data_config)
+    if labels is not None and len(labels) != arch.num_classes:
+        raise ValueError(f"{len(labels)} class names for a model of {arch.num_classes} classes; give one per class.")
     with atomic.staged_folder(output_dir, overwrite=overwrite) as staging:
         model.save(staging / KERAS_FILE)
         model.export(str(staging / SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
         atomic.write_bytes(staging / TFLITE_FLOAT_FILE, to_tflite_float(staging / SAVED_MODEL_DIR))
         metadata = metadata_for(arch, weights_source=weights_source, preprocessing=preprocessing, extra=extra_metadata)
+        if labels is not None:
+            atomic.write_bytes(staging / LABELS_FILE, "".join(f"{name}\n" for name in labels).encode())
+            metadata["files"]["labels"] = LABELS_FILE
+            metadata["labels"] = list(labels)
         if data_config is not None:
             evaluate.check_fits(evaluate.KerasPredictor(model), data_config)
             if export_config.int8:

@@ -35,6 +35,7 @@ SAVED_MODEL_DIR = "saved_model"
 TFLITE_FLOAT_FILE = "model_float32.tflite"
 TFLITE_INT8_FILE = "model_int8.tflite"
 METADATA_FILE = "metadata.json"
+LABELS_FILE = "labels.txt"  # one class name per line, in label order
 
 # A run's model_dir.
 CONFIG_FILE = "config.yaml"

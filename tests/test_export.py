@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cream_tf import export, zoo
+from cream_tf import data, export, zoo
 from cream_tf.flops import cost_of
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -25,6 +25,7 @@ def entry(tmp_path_factory):
         tmp_path_factory.mktemp("zoo") / "cream_14",
         weights_source="random initialization",
         preprocessing=zoo.IMAGENET_PREPROCESSING,
+        labels=data.FASHION_MNIST_CLASSES,
     )
     images = np.random.default_rng(0).normal(size=(3, 64, 64, 3)).astype("float32")
     return path, model, arch, images, model(images, training=False).numpy()
@@ -33,6 +34,7 @@ def entry(tmp_path_factory):
 def test_entry_folder_holds_every_format(entry):
     path = entry[0]
     assert sorted(p.name for p in path.iterdir()) == [
+        "labels.txt",
         "metadata.json",
         "model.keras",
         "model_float32.tflite",
@@ -50,6 +52,23 @@ def test_metadata_describes_the_model(entry):
     assert meta["input"]["shape"] == [64, 64, 3]
     assert meta["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
     assert meta["weights"] == "random initialization"
+    names = (path / "labels.txt").read_text().splitlines()
+    assert names == meta["labels"] == list(data.FASHION_MNIST_CLASSES) and names[9] == "Ankle boot"
+    assert meta["files"]["labels"] == "labels.txt"
+
+
+def test_class_names_must_match_the_classifier(tmp_path):
+    arch = zoo.arch_of("cream_14", num_classes=10)
+    with pytest.raises(ValueError, match="3 class names for a model of 10 classes"):
+        export.write_entry(
+            zoo.build("cream_14", num_classes=10),
+            arch,
+            tmp_path / "e",
+            weights_source="x",
+            preprocessing={},
+            labels=("a", "b", "c"),
+        )
+    assert not list(tmp_path.iterdir())
 
 
 def test_keras_file_loads_in_a_fresh_process_without_cream_tf(entry, tmp_path):

@@ -469,6 +469,7 @@ def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, caplog):
     ]  # one format for paths and accuracies in both files
     meta = json.loads((entry / "metadata.json").read_text())
     assert meta["architecture"]["string"] == winner["arch"]
+    assert (entry / "labels.txt").read_text().splitlines()[:2] == ["T-shirt/top", "Trouser"]  # Fashion-MNIST's
     loaded = keras.models.load_model(entry / "model.keras")
     assert loaded.input_shape == (None, 16, 16, 1)
 

@@ -51,12 +51,14 @@ from cream_tf.data.pipeline import (
     preprocessing_metadata,
     sample_images,
 )
-from cream_tf.data.sources import FASHION_MNIST_DIRS, IMAGE_EXTENSIONS
+from cream_tf.data.sources import FASHION_MNIST_CLASSES, FASHION_MNIST_DIRS, IMAGE_EXTENSIONS, class_names
 
 __all__ = [
     "load",
     "num_examples",
     "preprocessing_metadata",
+    "class_names",
+    "FASHION_MNIST_CLASSES",
     "config_for_entry",
     "sample_images",
     "SOURCES",

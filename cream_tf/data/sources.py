@@ -199,6 +199,38 @@ def read_idx(directory: str, name: str) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * rank).reshape(shape).copy()
 
 
+# Class names
+
+
+# The dataset's own names, in label order (zalandoresearch/fashion-mnist, README "Labels").
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+def class_names(config: DataConfig) -> tuple[str, ...] | None:
+    """The name of every class, in label order, where the source knows them: Fashion-MNIST's,
+    a folder dataset's class folders, a TFDS dataset's label names; None for TFRecords."""
+    if config.name == "fashion_mnist":
+        return FASHION_MNIST_CLASSES
+    if config.name == "folder":
+        return _class_names(Path(config.data_dir) / "train")
+    if config.name == "tfds":
+        builder = _tfds_builder(config)
+        names = getattr(builder.info.features[builder.info.supervised_keys[1]], "names", None)
+        return tuple(names) if names else None
+    return None
+
+
 # Class-per-folder images
 
 

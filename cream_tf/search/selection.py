@@ -102,6 +102,7 @@ def select_and_export(search) -> dict:
                 weights_source=f"inherited from the supernet in {search.model_dir} (BatchNorm "
                 f"{'recalibrated' if config.selection.recalibrate_bn else 'as trained'})",
                 preprocessing=data.preprocessing_metadata(config.data),
+                labels=data.class_names(config.data),
                 extra_metadata={"search": row},
             )
             row["entry"] = str(folder.relative_to(search.model_dir))  # within model_dir, wherever that moves
