@@ -432,7 +432,7 @@ def scalars(run_dir, tag) -> dict[int, float]:
     return values
 
 
-def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, caplog):
+def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, caplog, capfd):
     whole = Search(_tiny(tmp_path), tmp_path / "whole", strategy=tf.distribute.get_strategy())
     meta_before = [v.numpy() for v in whole.trainer.meta.trainable_variables]
     with caplog.at_level("INFO"):
@@ -447,6 +447,8 @@ def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, caplog):
         lines[-1],
     ), lines[-1]
     assert any(r.getMessage().startswith("Train step built; the first step took") for r in caplog.records)
+    printed = "".join(capfd.readouterr())
+    assert not any(code in printed for code in ("\r", "\b", "\x1b")), "progress-bar redraws in a log file"
     # Cream, not SPOS: the second epoch distils (KD > 0 at its last step, the 10th), and the meta
     # network is updated at batches 2 and 4 of it (every 2 steps, not at batch 0), and moves.
     assert scalars(run_dir, "train/kd")[10] > 0
