@@ -142,7 +142,6 @@ def write_entry(
         metadata = metadata_for(arch, weights_source=weights_source, preprocessing=preprocessing, extra=extra_metadata)
         if labels is not None:
             atomic.write_bytes(staging / LABELS_FILE, "".join(f"{name}\n" for name in labels).encode())
-            metadata["files"]["labels"] = LABELS_FILE
             metadata["labels"] = list(labels)
         if data_config is not None:
             evaluate.check_fits(evaluate.KerasPredictor(model), data_config)
