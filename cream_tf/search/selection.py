@@ -54,6 +54,11 @@ def select_and_export(search) -> dict:
     evaluator = PathEvaluator(search.supernet, calibration)
     validation = data.load(config.data, "validation", training=False)
     rows, models = [], []
+    logging.info(
+        "Selection: %d board paths, each scored on the held-out split with BatchNorm %s.",
+        len(search.board.entries),
+        f"recomputed on {len(calibration)} training batches" if calibration else "as trained",
+    )
     for rank, entry in enumerate(search.board.entries):
         accuracy = evaluator.top1(entry.path, validation, selection.eval_batches)
         child = search.supernet.extract_child(entry.path, name="cream_child")
@@ -94,6 +99,7 @@ def select_and_export(search) -> dict:
         row["winner"] = row["board_rank"] == best
         if config.selection.export:
             folder = search.model_dir / folders.SEARCH_ZOO_DIR / f"board_{row['board_rank']:02d}"
+            logging.info("Exporting board path %d%s to %s", row["board_rank"], " (the winner)" * row["winner"], folder)
             write_entry(
                 child,
                 arch,
