@@ -2,6 +2,7 @@
 graph for every path, the closed-form meta gradient, distribution and exact resume."""
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -432,21 +433,32 @@ def scalars(run_dir, tag) -> dict[int, float]:
     return values
 
 
-def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, caplog, capfd):
+def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, capfd):
     whole = Search(_tiny(tmp_path), tmp_path / "whole", strategy=tf.distribute.get_strategy())
     meta_before = [v.numpy() for v in whole.trainer.meta.trainable_variables]
-    with caplog.at_level("INFO"):
+    # cream_tf logs through absl's logger; read it there, whatever level or propagation other
+    # libraries loaded in this process have given it.
+    records = []
+    keep = logging.Handler(logging.INFO)
+    keep.emit = records.append
+    absl_logger, level = logging.getLogger("absl"), logging.getLogger("absl").level
+    absl_logger.addHandler(keep)
+    absl_logger.setLevel(logging.INFO)
+    try:
         result = whole.run()
+    finally:
+        absl_logger.removeHandler(keep)
+        absl_logger.setLevel(level)
     run_dir = tmp_path / "whole"
     # Output to a file (not a terminal): plain progress lines, here every step of 5, no bar redraws.
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    lines = [r.getMessage() for r in records if r.getMessage().startswith("epoch ")]
     assert len(lines) == 10 and lines[0].startswith("epoch 1/2, step 1/5: loss "), lines
     assert re.fullmatch(
         r"epoch 2/2, step 5/5: loss [\d.e+-]+, top1 [\d.]+, board 2, board_best [\d.]+, board_worst [\d.]+ "
         r"\([\d.]+ s\)",
         lines[-1],
     ), lines[-1]
-    assert any(r.getMessage().startswith("Train step built; the first step took") for r in caplog.records)
+    assert any(r.getMessage().startswith("Train step built; the first step took") for r in records)
     printed = "".join(capfd.readouterr())
     assert not any(code in printed for code in ("\r", "\b", "\x1b")), "progress-bar redraws in a log file"
     # Cream, not SPOS: the second epoch distils (KD > 0 at its last step, the 10th), and the meta
