@@ -170,15 +170,9 @@ class Search(TrainingRun):
             ),
         )
         if self.is_chief:
-            rows = [
-                {
-                    "board_rank": rank,
-                    "path": self.space.arch(list(entry.path)).path,
-                    "mflops": round(entry.macs / 1e6, 3),
-                    "train_top1": round(entry.accuracy, 3),
-                }
-                for rank, entry in enumerate(self.board.entries)
-            ]  # the fields and formats of search_result.json's board
+            from cream_tf.search.selection import board_row
+
+            rows = [board_row(self.space, rank, entry) for rank, entry in enumerate(self.board.entries)]
             atomic.write_json(self.model_dir / folders.BOARD_FILE, {"epoch": self.epoch, "board": rows})
 
     def learning_rate(self, step: int) -> float:

@@ -43,6 +43,16 @@ class PathEvaluator:
         return evaluate.accuracy(lambda images: self._predict(images, path).numpy(), dataset, max_batches)["top1"]
 
 
+def board_row(space, rank: int, entry) -> dict:
+    """A board entry as board.json and search_result.json write it."""
+    return {
+        "board_rank": rank,
+        "path": space.arch(list(entry.path)).path,
+        "mflops": round(entry.macs / 1e6, 3),
+        "train_top1": round(entry.accuracy, 3),
+    }
+
+
 def select_and_export(search) -> dict:
     config = search.config
     selection = config.selection
@@ -64,15 +74,8 @@ def select_and_export(search) -> dict:
         child = search.supernet.extract_child(entry.path, name="cream_child")
         arch = search.space.arch(list(entry.path))
         rows.append(
-            {
-                "board_rank": rank,
-                "arch": str(arch),
-                "path": arch.path,
-                "mflops": round(entry.macs / 1e6, 3),
-                "params": cost_of(arch).params,
-                "train_top1": round(entry.accuracy, 3),
-                "val_top1": round(accuracy, 3),
-            }
+            {**board_row(search.space, rank, entry), "arch": str(arch), "params": cost_of(arch).params}
+            | {"val_top1": round(accuracy, 3)}
         )
         models.append((child, arch))
         logging.info(
@@ -95,6 +98,7 @@ def select_and_export(search) -> dict:
     best = max(range(len(rows)), key=lambda i: (rows[i]["val_top1"], -rows[i]["mflops"]))
     test = evaluator.top1(search.board.entries[best].path, data.load(config.data, "test", training=False))
     result["winner"] = dict(rows[best], test_top1=round(test, 3))
+    preprocessing, labels = data.preprocessing_metadata(config.data), data.class_names(config.data)
     for row, (child, arch) in zip(rows, models):
         row["winner"] = row["board_rank"] == best
         if config.selection.export:
@@ -107,8 +111,8 @@ def select_and_export(search) -> dict:
                 overwrite=True,
                 weights_source=f"inherited from the supernet in {search.model_dir} (BatchNorm "
                 f"{'recalibrated' if config.selection.recalibrate_bn else 'as trained'})",
-                preprocessing=data.preprocessing_metadata(config.data),
-                labels=data.class_names(config.data),
+                preprocessing=preprocessing,
+                labels=labels,
                 extra_metadata={"search": row},
             )
             row["entry"] = str(folder.relative_to(search.model_dir))  # within model_dir, wherever that moves
