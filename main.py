@@ -19,7 +19,9 @@ import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
+import cream_tf
 from cream_tf import RunError
 
 MODES = ("search", "describe", "export", "convert", "retrain", "eval", "config")
@@ -325,6 +327,18 @@ def _quiet_tensorflow() -> None:
     import logging
 
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    # TensorFlow's checkpoint code logs "Sharding callback duration" at INFO through absl's
+    # logger, which also carries cream_tf's own INFO lines: drop only other libraries' INFO.
+    absl_logging.get_absl_logger().addFilter(_only_our_info)
+
+
+_OUR_CODE = (os.path.dirname(os.path.abspath(cream_tf.__file__)) + os.sep, os.path.abspath(__file__))
+
+
+def _only_our_info(record) -> bool:
+    import logging
+
+    return record.levelno >= logging.WARNING or os.path.abspath(record.pathname).startswith(_OUR_CODE)
 
 
 def main(argv):

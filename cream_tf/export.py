@@ -9,7 +9,11 @@ failed export leaves nothing half-written behind.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import keras
@@ -30,9 +34,39 @@ from cream_tf.folders import (
 )
 
 
+@contextlib.contextmanager
+def _converter_logs_held():
+    """The TFLite converter's C++ code logs through absl before absl::InitializeLog, which
+    writes every line to stderr whatever TF_CPP_MIN_LOG_LEVEL says ("Ignored output_format",
+    "MLIR V1 optimization pass is not enabled"). Where that level asks for quiet (2 or more,
+    as main.py sets without --verbose), stderr is held in a temporary file while converting
+    and shown only if the conversion fails."""
+    if int(os.environ.get("TF_CPP_MIN_LOG_LEVEL") or 0) < 2:
+        yield
+        return
+    sys.stderr.flush()
+    stderr = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(stderr, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(stderr, 2)
+            os.close(stderr)
+
+
+def _convert(converter) -> bytes:
+    with _converter_logs_held():
+        return converter.convert()
+
+
 def to_tflite_float(saved_model_dir: Path) -> bytes:
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
-    return converter.convert()
+    return _convert(tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir)))
 
 
 def to_tflite_int8(saved_model_dir: Path, calibration) -> bytes:
@@ -51,7 +85,7 @@ def to_tflite_int8(saved_model_dir: Path, calibration) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    return converter.convert()
+    return _convert(converter)
 
 
 def int8_metadata(path: Path, calibration_split: str, calibration_images: int) -> dict:

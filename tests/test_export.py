@@ -1,6 +1,7 @@
 """Zoo entries: every format gives the in-memory model's outputs; writes are atomic."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -139,7 +140,11 @@ def test_existing_folder_is_kept_unless_overwrite(tmp_path):
 
 
 def _main(*args):
-    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True, cwd=REPO)
+    # As a user runs it: no TF_CPP_MIN_LOG_LEVEL of ours (conftest sets one for this process).
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True, cwd=REPO, env=env
+    )
 
 
 def test_cli_describe_prints_the_table():
@@ -160,6 +165,9 @@ def test_cli_export_writes_an_entry(tmp_path):
     # Fresh weights say so, on the console and in the metadata, and claim no published accuracy.
     assert meta["weights"] == "random" and "paper_accuracy" not in meta
     assert result.stdout.startswith("Warning: no --weights given"), result.stdout
+    # Saving and converting log through TensorFlow's C++ runtime, absl's Python logger
+    # ("Sharding callback duration") and the converter's own absl; none of it shows by default.
+    assert result.stderr == "", result.stderr
 
 
 @pytest.mark.parametrize(
