@@ -27,6 +27,7 @@ AUGMENTS = ("none", "basic", "randaugment")
 PICK_METHODS = ("meta", "top1", "none")
 OPTIMIZERS = ("rmsprop", "sgd")
 SCHEDULES = ("step", "cosine")
+INT8_INPUTS = ("normalized", "pixels")
 TRAIN_SPLITS = ("train", "train_full")
 
 
@@ -275,6 +276,10 @@ class ExportConfig:
     enabled: bool = True  # retrain: write the entry folder at the end
     int8: bool = True  # also write model_int8.tflite (full-integer post-training quantization)
     calibration_images: int = 256  # training images that set the int8 ranges
+    # What model_int8.tflite takes: "normalized" images quantized with the input's scale and zero
+    # point (as the float files take them), or "pixels": raw uint8 pixels 0..255, the
+    # normalization folded into the model, so a camera frame goes in as it is.
+    int8_input: str = "normalized"
     eval_split: str = "test"  # where each format's top-1 is measured for metadata.json
     eval_batches: int = 0  # batches of data.batch_size measured; 0 = the whole split
 
@@ -291,6 +296,7 @@ class RetrainConfig:
         require(self, "train.optimizer", lambda v: v in OPTIMIZERS, ", ".join(OPTIMIZERS))
         require(self, "train.lr_schedule", lambda v: v in SCHEDULES, ", ".join(SCHEDULES))
         require(self, "train.train_split", lambda v: v in TRAIN_SPLITS, ", ".join(TRAIN_SPLITS))
+        require(self, "export.int8_input", lambda v: v in INT8_INPUTS, ", ".join(INT8_INPUTS))
         for key in ("train.eval_split", "export.eval_split"):
             require(self, key, lambda v: v in SPLITS, ", ".join(SPLITS))
         if self.train.train_split == "train_full":

@@ -18,6 +18,7 @@ Example (needs an entry a retrain wrote; returns top1, top5, images, split, form
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -51,7 +52,7 @@ class TFLitePredictor:
     dynamic); a model that refuses the resize is run one image at a time instead.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, normalization: tuple | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
         self.source = str(path)
@@ -63,6 +64,10 @@ class TFLitePredictor:
         self.num_classes = int(self.output["shape"][-1])
         self.quantized = self.input["dtype"] in QUANTIZED_DTYPES
         self.format = "tflite_int8" if self.quantized else "tflite_float32"
+        # A uint8 input takes raw pixels (export.int8_input: pixels): normalized images are
+        # turned back into the pixels they came from with the entry's mean and std.
+        self.takes_pixels = self.input["dtype"] == np.uint8
+        self.normalization = normalization or (_entry_normalization(Path(path)) if self.takes_pixels else None)
         self._batch = int(self.input["shape"][0])
         self._resizable = True
 
@@ -83,6 +88,8 @@ class TFLitePredictor:
         return True
 
     def _run(self, images: np.ndarray) -> np.ndarray:
+        if self.takes_pixels:
+            images = data.to_pixels(images, *self.normalization)
         if self.quantized:
             scale, zero_point = self.input["quantization"]
             info = np.iinfo(self.input["dtype"])
@@ -102,13 +109,26 @@ class TFLitePredictor:
         return np.concatenate([self._run(image[None]) for image in images])
 
 
-def predictor(source):
-    """A predictor for a Keras model, a .keras or .tflite file, an entry folder or a retrain model_dir."""
+def _entry_normalization(path: Path) -> tuple:
+    metadata = path.parent / folders.METADATA_FILE
+    if not metadata.is_file():
+        raise ValueError(
+            f"{path} takes raw uint8 pixels (its normalization is inside it); measuring it on normalized "
+            f"images needs their mean and std, read from its entry folder's {folders.METADATA_FILE}, which "
+            f"{path.parent} lacks. Valid: the file inside the entry folder it was exported to."
+        )
+    preprocessing = json.loads(metadata.read_text())["preprocessing"]
+    return preprocessing["mean"], preprocessing["std"]
+
+
+def predictor(source, normalization: tuple | None = None):
+    """A predictor for a Keras model, a .keras or .tflite file, an entry folder or a retrain model_dir.
+    `normalization` (mean, std): for a .tflite file that takes pixels, instead of its entry's metadata."""
     if isinstance(source, keras.Model):
         return KerasPredictor(source)
     path = Path(source)
     if path.is_file() and path.suffix == ".tflite":
-        return TFLitePredictor(path)
+        return TFLitePredictor(path, normalization)
     if path.is_file() and path.suffix == ".keras":
         return KerasPredictor(keras.models.load_model(path, compile=False), source=str(path))
     if path.is_dir() and (path / folders.KERAS_FILE).is_file():

@@ -69,7 +69,7 @@ def to_tflite_float(saved_model_dir: Path) -> bytes:
     return _convert(tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir)))
 
 
-def to_tflite_int8(saved_model_dir: Path, calibration) -> bytes:
+def to_tflite_int8(saved_model_dir: Path, calibration, input_type=tf.int8) -> bytes:
     """Full-integer post-training quantization: int8 weights, activations, input and output.
 
     Integer input and output make the file run on integer-only hardware (Edge TPU, NPUs,
@@ -83,31 +83,61 @@ def to_tflite_int8(saved_model_dir: Path, calibration) -> bytes:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([image[None]] for image in calibration)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
+    converter.inference_input_type = input_type
     converter.inference_output_type = tf.int8
     return _convert(converter)
 
 
-def int8_metadata(path: Path, calibration_split: str, calibration_images: int) -> dict:
-    predict = evaluate.TFLitePredictor(path)
+def with_pixel_input(model: keras.Model, mean, std) -> keras.Model:
+    """`model` with its normalization in front: it takes pixel values 0..255."""
+    inputs = keras.Input(model.input_shape[1:], name="pixels")
+    normalized = keras.layers.Rescaling(
+        scale=[1.0 / (255.0 * s) for s in std], offset=[-m / s for m, s in zip(mean, std)], name="normalize"
+    )(inputs)
+    return keras.Model(inputs, model(normalized), name=model.name)
+
+
+def to_tflite_int8_pixels(model: keras.Model, calibration, mean, std) -> bytes:
+    """As to_tflite_int8, but the file takes raw uint8 pixels: the normalization is folded in
+    as the model's first (quantized) op. `calibration` holds normalized images as there."""
+    pixels = data.to_pixels(calibration, mean, std)
+    # The input's range is what calibration sees; with both ends of 0..255 in it the uint8 input
+    # gets scale 1 and zero point 0, so every pixel value goes in exactly.
+    pixels[0, 0, 0, :], pixels[0, 0, 1, :] = 0.0, 255.0
+    with tempfile.TemporaryDirectory() as folder:
+        with_pixel_input(model, mean, std).export(folder, format="tf_saved_model", verbose=False)
+        return to_tflite_int8(Path(folder), pixels, input_type=tf.uint8)
+
+
+def int8_metadata(path: Path, calibration_split: str, calibration_images: int, normalization) -> dict:
+    predict = evaluate.TFLitePredictor(path, normalization)
 
     def tensor(detail):
         scale, zero_point = detail["quantization"]
         return {"dtype": detail["dtype"].__name__, "scale": float(scale), "zero_point": int(zero_point)}
 
+    takes = (
+        "raw pixels 0..255 as uint8 (the normalization is inside the model)"
+        if predict.takes_pixels
+        else "q_in = round(x / scale) + zero_point on normalized images x"
+    )
     return {
         "scheme": "full-integer post-training quantization (int8 weights and activations)",
         "input": tensor(predict.input),
         "output": tensor(predict.output),
-        "usage": "q_in = round(x / scale) + zero_point on normalized images x; logits = (q_out - zero_point) * scale",
+        "takes": "pixels" if predict.takes_pixels else "normalized",
+        "usage": f"{takes}; logits = (q_out - zero_point) * scale",
         "calibration": {"split": calibration_split, "images": calibration_images},
     }
 
 
-def measure_formats(folder: Path, files: dict, config: DataConfig, split: str, max_batches: int) -> dict:
-    """Top-1/top-5 of every format in `folder` on the same images (see cream_tf.evaluate)."""
+def measure_formats(
+    folder: Path, files: dict, config: DataConfig, split: str, max_batches: int, normalization: tuple
+) -> dict:
+    """Top-1/top-5 of every format in `folder` on the same images (see cream_tf.evaluate);
+    `normalization` (mean, std) feeds a file that takes pixels."""
     figures = {
-        name: evaluate.evaluate(folder / file, config, split, max_batches)
+        name: evaluate.evaluate(evaluate.predictor(folder / file, normalization), config, split, max_batches)
         for name, file in files.items()
         if name != "saved_model"
     }
@@ -179,14 +209,24 @@ def write_entry(
             metadata["labels"] = list(labels)
         if data_config is not None:
             evaluate.check_fits(evaluate.KerasPredictor(model), data_config)
+            normalization = (preprocessing["mean"], preprocessing["std"])
             if export_config.int8:
                 count = min(export_config.calibration_images, data.num_examples(data_config, "train"))
                 calibration = data.sample_images(data_config, "train", count)
-                atomic.write_bytes(staging / TFLITE_INT8_FILE, to_tflite_int8(staging / SAVED_MODEL_DIR, calibration))
+                if export_config.int8_input == "pixels":
+                    int8 = to_tflite_int8_pixels(model, calibration, *normalization)
+                else:
+                    int8 = to_tflite_int8(staging / SAVED_MODEL_DIR, calibration)
+                atomic.write_bytes(staging / TFLITE_INT8_FILE, int8)
                 metadata["files"]["tflite_int8"] = TFLITE_INT8_FILE
-                metadata["tflite_int8"] = int8_metadata(staging / TFLITE_INT8_FILE, "train", count)
+                metadata["tflite_int8"] = int8_metadata(staging / TFLITE_INT8_FILE, "train", count, normalization)
             metadata["accuracy"] = measure_formats(
-                staging, metadata["files"], data_config, export_config.eval_split, export_config.eval_batches
+                staging,
+                metadata["files"],
+                data_config,
+                export_config.eval_split,
+                export_config.eval_batches,
+                normalization,
             )
         atomic.write_json(staging / METADATA_FILE, metadata)
     return Path(output_dir)

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from cream_tf import config as config_lib
-from cream_tf import data, evaluate, optim, retrain
+from cream_tf import data, evaluate, export, optim, retrain
 from cream_tf.arch import Arch
 from cream_tf.config import RecipeConfig, RetrainConfig
 
@@ -157,6 +157,58 @@ def test_int8_tflite_runs_and_agrees_with_float(trained):
     assert meta["tflite_int8"]["input"]["dtype"] == "int8" and meta["tflite_int8"]["calibration"]["images"] == 64
 
 
+def test_int8_file_with_the_normalization_folded_in_takes_raw_uint8_pixels(trained, tmp_path):
+    """export.int8_input=pixels: camera pixels go in as they are; top-1 on 500 test images is that
+    of the int8 file that takes normalized images, up to int8 rounding."""
+    trainer, _, entry, _ = trained
+    # The fixture's net is at chance after 12 steps; 300 more make its top-1 mean something.
+    model = keras.models.load_model(entry / "model.keras", compile=False)
+    model.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(data.load(trainer.config.data, "train", training=False, repeat=True), steps_per_epoch=300, verbose=0)
+    config = tiny_config(**{"export.eval_batches": 1})
+    entries = {}
+    for takes in ("normalized", "pixels"):
+        config.export.int8_input = takes
+        entries[takes] = export.write_entry(
+            model,
+            TINY,
+            tmp_path / takes,
+            weights_source="test",
+            preprocessing=data.preprocessing_metadata(config.data),
+            data_config=config.data,
+            export_config=config.export,
+        )
+    pixels_entry = entries["pixels"]
+    meta = json.loads((pixels_entry / "metadata.json").read_text())
+    assert meta["tflite_int8"]["takes"] == "pixels" and "raw pixels 0..255" in meta["tflite_int8"]["usage"]
+    assert meta["tflite_int8"]["input"] == {"dtype": "uint8", "scale": 1.0, "zero_point": 0}  # pixels exactly
+    # Evaluated alone, the file finds its mean and std in its entry's metadata.json.
+    alone = evaluate.evaluate(pixels_entry / "model_int8.tflite", config.data, "test", 1)
+    assert alone["top1"] == meta["accuracy"]["top1"]["tflite_int8"]
+
+    images, labels = next(iter(data.load(trainer.config.data, "test", training=False, batch_size=500)))
+    raw = np.asarray(images) * np.asarray(data.FASHION_MNIST_STD) + np.asarray(data.FASHION_MNIST_MEAN)
+    raw = np.round(raw * 255).astype(np.uint8)  # the idx file's bytes: 28x28 Fashion-MNIST is not resized
+    interpreter = evaluate.TFLitePredictor(pixels_entry / "model_int8.tflite").interpreter
+    (input_detail,), (output_detail,) = interpreter.get_input_details(), interpreter.get_output_details()
+    interpreter.resize_tensor_input(input_detail["index"], raw.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(input_detail["index"], raw)
+    interpreter.invoke()
+    from_pixels = interpreter.get_tensor(output_detail["index"]).argmax(-1)
+    from_normalized = evaluate.TFLitePredictor(entries["normalized"] / "model_int8.tflite")(images.numpy()).argmax(-1)
+    labels = np.asarray(labels)
+    # Two int8 files calibrated apart round differently on images near a decision boundary (this
+    # 8-channel net's int8 logits are ~0.25 off its float ones): the D images where they disagree
+    # may tip either way, so their correct counts may differ by chance by about sqrt(D); a folding
+    # that lost information would be far outside 2 sqrt(D) + 1.
+    disagree = int(np.sum(from_pixels != from_normalized))
+    correct_pixels, correct_normalized = int(np.sum(from_pixels == labels)), int(np.sum(from_normalized == labels))
+    assert disagree <= 50, f"the two int8 files disagree on {disagree} of 500 images"
+    assert abs(correct_pixels - correct_normalized) <= 2 * disagree**0.5 + 1, (correct_pixels, correct_normalized)
+    assert correct_pixels >= 300  # trained: top-1 far above chance (50 of 500)
+
+
 def test_every_form_of_the_model_gives_the_same_top1(trained):
     trainer, _, entry, _ = trained
     config = trainer.config.data
@@ -236,6 +288,7 @@ def test_retrain_starts_from_a_search_result_and_inherited_weights(trained, tmp_
         ({"train.eval_split": "validation"}, "train.eval_split='validation' is not valid; valid: 'test' when"),
         ({"train.ema_decay": 1.5}, "train.ema_decay=1.5 is not valid; valid: a number in [0, 1)"),
         ({"export.eval_split": "dev"}, "export.eval_split='dev' is not valid; valid: train, validation, test"),
+        ({"export.int8_input": "raw"}, "export.int8_input='raw' is not valid; valid: normalized, pixels"),
     ],
 )
 def test_bad_recipes_are_refused_with_what_is_valid(override, message):

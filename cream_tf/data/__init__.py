@@ -50,6 +50,7 @@ from cream_tf.data.pipeline import (
     num_examples,
     preprocessing_metadata,
     sample_images,
+    to_pixels,
 )
 from cream_tf.data.sources import FASHION_MNIST_CLASSES, FASHION_MNIST_DIRS, IMAGE_EXTENSIONS, class_names
 
@@ -61,6 +62,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "config_for_entry",
     "sample_images",
+    "to_pixels",
     "SOURCES",
     "SPLITS",
     "AUGMENTS",

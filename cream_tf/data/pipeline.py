@@ -130,6 +130,13 @@ def sample_images(config: DataConfig, split: str, count: int) -> np.ndarray:
     return images.numpy()
 
 
+def to_pixels(images: np.ndarray, mean, std) -> np.ndarray:
+    """Normalized images back to the pixel values 0..255 they came from (float32, rounded):
+    what a camera hands a model whose normalization is inside it."""
+    pixels = (np.asarray(images, np.float32) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)) * 255.0
+    return np.clip(np.round(pixels), 0.0, 255.0).astype(np.float32)
+
+
 def _mean_std(config: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
     fashion = config.name == "fashion_mnist"
     mean, std = (FASHION_MNIST_MEAN, FASHION_MNIST_STD) if fashion else (IMAGENET_MEAN, IMAGENET_STD)
