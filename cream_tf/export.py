@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 import cream_tf
-from cream_tf import atomic, data, evaluate
+from cream_tf import atomic, data, evaluate, tflite_metadata
 from cream_tf.arch import Arch
 from cream_tf.config import DataConfig, ExportConfig
 from cream_tf.flops import cost_of
@@ -68,6 +68,40 @@ def int8_metadata(path: Path, calibration_split: str, calibration_images: int) -
         "usage": "q_in = round(x / scale) + zero_point on normalized images x; logits = (q_out - zero_point) * scale",
         "calibration": {"split": calibration_split, "images": calibration_images},
     }
+
+
+def add_tflite_metadata(folder: Path, metadata: dict, name: str, arch: Arch, labels) -> dict:
+    """Writes LiteRT metadata (cream_tf.tflite_metadata) into the entry's TFLite files: name,
+    input normalization (metadata.json's `preprocessing`, in 8-bit pixel units) and `labels`.
+    Returns what metadata.json records of it."""
+    preprocessing = metadata["preprocessing"] or {}
+    mean = std = None
+    if "mean" in preprocessing:
+        if preprocessing.get("scale", "x / 255") != "x / 255":
+            raise ValueError(f"preprocessing scale {preprocessing['scale']!r}: TFLite metadata needs 'x / 255'.")
+        mean, std = [255 * m for m in preprocessing["mean"]], [255 * s for s in preprocessing["std"]]
+    files = [file for key, file in metadata["files"].items() if key.startswith("tflite")]
+    color = "GRAYSCALE" if arch.in_channels == 1 else "RGB"
+    description = (
+        f"Cream of the Crop child network {arch} ({metadata['flops']['mflops']} MFLOPs): classifies "
+        f"{arch.input_size}x{arch.input_size} {color} images into {arch.num_classes} classes."
+    )
+    for file in files:
+        described = tflite_metadata.with_metadata(
+            (folder / file).read_bytes(),
+            name=name,
+            description=description,
+            version=metadata["created"],
+            mean=mean,
+            std=std,
+            labels=labels,
+            color_space=color,
+            author=f"cream_tf {cream_tf.__version__}",
+        )
+        atomic.write_bytes(folder / file, described)
+    normalization = {"mean": mean, "std": std, "units": "8-bit pixels (0-255)"} if mean else None
+    labels_file = tflite_metadata.LABELS_FILE if labels else None
+    return {"files": files, "normalization": normalization, "labels": labels_file, "read": "cream_tf.tflite_metadata"}
 
 
 def measure_formats(folder: Path, files: dict, config: DataConfig, split: str, max_batches: int) -> dict:
@@ -154,5 +188,7 @@ def write_entry(
             metadata["accuracy"] = measure_formats(
                 staging, metadata["files"], data_config, export_config.eval_split, export_config.eval_batches
             )
+        # Metadata keeps the outputs bit for bit (tests/test_tflite_metadata.py): the accuracy above holds.
+        metadata["tflite_metadata"] = add_tflite_metadata(staging, metadata, model.name, arch, labels)
         atomic.write_json(staging / METADATA_FILE, metadata)
     return Path(output_dir)

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from cream_tf import config as config_lib
-from cream_tf import data, evaluate, optim, retrain
+from cream_tf import data, evaluate, optim, retrain, tflite_metadata
 from cream_tf.arch import Arch
 from cream_tf.config import RecipeConfig, RetrainConfig
 
@@ -155,6 +155,13 @@ def test_int8_tflite_runs_and_agrees_with_float(trained):
     meta = json.loads((entry / "metadata.json").read_text())
     assert meta["files"]["tflite_int8"] == "model_int8.tflite"
     assert meta["tflite_int8"]["input"]["dtype"] == "int8" and meta["tflite_int8"]["calibration"]["images"] == 64
+    # Both files carry LiteRT metadata with the float input's normalization (cream_tf.tflite_metadata).
+    assert meta["tflite_metadata"]["files"] == ["model_float32.tflite", "model_int8.tflite"]
+    normalizations = [
+        tflite_metadata.read_metadata((entry / file).read_bytes())["input"]["mean"]
+        for file in meta["tflite_metadata"]["files"]
+    ]
+    assert normalizations[0] == normalizations[1] == pytest.approx(meta["tflite_metadata"]["normalization"]["mean"])
 
 
 def test_every_form_of_the_model_gives_the_same_top1(trained):
