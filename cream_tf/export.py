@@ -79,7 +79,7 @@ def add_tflite_metadata(folder: Path, metadata: dict, name: str, arch: Arch, lab
     if "mean" in preprocessing:
         if preprocessing.get("scale", "x / 255") != "x / 255":
             raise ValueError(f"preprocessing scale {preprocessing['scale']!r}: TFLite metadata needs 'x / 255'.")
-        mean, std = [255 * m for m in preprocessing["mean"]], [255 * s for s in preprocessing["std"]]
+        mean, std = ([round(255 * v, 6) for v in preprocessing[key]] for key in ("mean", "std"))
     files = [file for key, file in metadata["files"].items() if key.startswith("tflite")]
     color = "GRAYSCALE" if arch.in_channels == 1 else "RGB"
     description = (

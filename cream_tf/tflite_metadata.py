@@ -11,8 +11,10 @@ uses, all from schema version 1.0.0.
 
 `mean` and `std` are the standard format's: per channel, in the units of the image's 8-bit
 pixels (0-255): the model's input is (pixel - mean) / std. A quantized (int8) model carries
-the same values as its float model; the runtime then quantizes the normalized image with the
-input's scale and zero point (metadata_schema.fbs, NormalizationOptions).
+the same values as its float model; the normalized image is then quantized with the input's
+scale and zero point (metadata_schema.fbs, NormalizationOptions). The Task Library's image
+preprocessor normalizes only float32 inputs (uint8 ones take raw pixels; int8 is unimplemented
+there) and takes RGB only, so of these models it runs a float32 RGB one.
 """
 
 from __future__ import annotations
