@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 import cream_tf
-from cream_tf import atomic, data, evaluate
+from cream_tf import atomic, data, evaluate, tflite_metadata
 from cream_tf.arch import Arch
 from cream_tf.config import DataConfig, ExportConfig
 from cream_tf.flops import cost_of
@@ -131,6 +131,48 @@ def int8_metadata(path: Path, calibration_split: str, calibration_images: int, n
     }
 
 
+def add_tflite_metadata(folder: Path, metadata: dict, name: str, arch: Arch, labels) -> dict:
+    """Writes LiteRT metadata (cream_tf.tflite_metadata) into the entry's TFLite files: name,
+    input normalization (metadata.json's `preprocessing`, in 8-bit pixel units; none left for an
+    int8 file that takes pixels) and `labels`. Returns what metadata.json records of it."""
+    preprocessing = metadata["preprocessing"] or {}
+    normalized = None
+    if "mean" in preprocessing:
+        if preprocessing.get("scale", "x / 255") != "x / 255":
+            raise ValueError(f"preprocessing scale {preprocessing['scale']!r}: TFLite metadata needs 'x / 255'.")
+        normalized = {key: [round(255 * v, 6) for v in preprocessing[key]] for key in ("mean", "std")}
+    color = "GRAYSCALE" if arch.in_channels == 1 else "RGB"
+    description = (
+        f"Cream of the Crop child network {arch} ({metadata['flops']['mflops']} MFLOPs): classifies "
+        f"{arch.input_size}x{arch.input_size} {color} images into {arch.num_classes} classes."
+    )
+    written = {}
+    for key, file in metadata["files"].items():
+        if not key.startswith("tflite"):
+            continue
+        normalization = normalized
+        if key == "tflite_int8" and metadata["tflite_int8"]["takes"] == "pixels":
+            normalization = {"mean": [0.0] * arch.in_channels, "std": [1.0] * arch.in_channels}
+        described = tflite_metadata.with_metadata(
+            (folder / file).read_bytes(),
+            name=name,
+            description=description,
+            version=metadata["created"],
+            **(normalization or {"mean": None, "std": None}),
+            labels=labels,
+            color_space=color,
+            author=f"cream_tf {cream_tf.__version__}",
+        )
+        atomic.write_bytes(folder / file, described)
+        written[file] = normalization
+    return {
+        "normalization": written,
+        "units": "8-bit pixels (0-255)",
+        "labels": tflite_metadata.LABELS_FILE if labels else None,
+        "read": "cream_tf.tflite_metadata",
+    }
+
+
 def measure_formats(
     folder: Path, files: dict, config: DataConfig, split: str, max_batches: int, normalization: tuple
 ) -> dict:
@@ -228,5 +270,7 @@ def write_entry(
                 export_config.eval_batches,
                 normalization,
             )
+        # Metadata keeps the outputs bit for bit (tests/test_tflite_metadata.py): the accuracy above holds.
+        metadata["tflite_metadata"] = add_tflite_metadata(staging, metadata, model.name, arch, labels)
         atomic.write_json(staging / METADATA_FILE, metadata)
     return Path(output_dir)

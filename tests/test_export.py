@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cream_tf import data, export, zoo
+from cream_tf import data, export, tflite_metadata, zoo
 from cream_tf.flops import cost_of
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -56,6 +56,16 @@ def test_metadata_describes_the_model(entry):
     names = (path / "labels.txt").read_text().splitlines()
     assert names == meta["labels"] == list(data.FASHION_MNIST_CLASSES) and names[9] == "Ankle boot"
     assert "labels" not in meta["files"]  # `files` lists the model's formats, each one measured
+
+
+def test_tflite_file_carries_litert_metadata(entry):
+    path = entry[0]
+    meta = tflite_metadata.read_metadata((path / "model_float32.tflite").read_bytes())
+    assert meta["name"] == "cream_14" and meta["input"]["color_space"] == "RGB"
+    assert meta["input"]["mean"] == pytest.approx([255 * m for m in zoo.IMAGENET_PREPROCESSING["mean"]])
+    assert meta["labels"] == list(data.FASHION_MNIST_CLASSES)
+    recorded = json.loads((path / "metadata.json").read_text())["tflite_metadata"]
+    assert list(recorded["normalization"]) == ["model_float32.tflite"] and recorded["labels"] == "labels.txt"
 
 
 def test_class_names_must_match_the_classifier(tmp_path):

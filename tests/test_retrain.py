@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from cream_tf import config as config_lib
-from cream_tf import data, evaluate, export, optim, retrain
+from cream_tf import data, evaluate, export, optim, retrain, tflite_metadata
 from cream_tf.arch import Arch
 from cream_tf.config import RecipeConfig, RetrainConfig
 
@@ -155,6 +155,11 @@ def test_int8_tflite_runs_and_agrees_with_float(trained):
     meta = json.loads((entry / "metadata.json").read_text())
     assert meta["files"]["tflite_int8"] == "model_int8.tflite"
     assert meta["tflite_int8"]["input"]["dtype"] == "int8" and meta["tflite_int8"]["calibration"]["images"] == 64
+    # Both files carry LiteRT metadata with the float input's normalization (cream_tf.tflite_metadata).
+    recorded = meta["tflite_metadata"]["normalization"]
+    assert list(recorded) == ["model_float32.tflite", "model_int8.tflite"]
+    normalizations = [tflite_metadata.read_metadata((entry / file).read_bytes())["input"]["mean"] for file in recorded]
+    assert normalizations[0] == normalizations[1] == pytest.approx(recorded["model_int8.tflite"]["mean"])
 
 
 def test_int8_file_with_the_normalization_folded_in_takes_raw_uint8_pixels(trained, tmp_path):
@@ -182,6 +187,9 @@ def test_int8_file_with_the_normalization_folded_in_takes_raw_uint8_pixels(train
     meta = json.loads((pixels_entry / "metadata.json").read_text())
     assert meta["tflite_int8"]["takes"] == "pixels" and "raw pixels 0..255" in meta["tflite_int8"]["usage"]
     assert meta["tflite_int8"]["input"] == {"dtype": "uint8", "scale": 1.0, "zero_point": 0}  # pixels exactly
+    # Its LiteRT metadata says so: no normalization left to apply (mean 0, std 1 in pixel units).
+    described = tflite_metadata.read_metadata((pixels_entry / "model_int8.tflite").read_bytes())["input"]
+    assert (described["mean"], described["std"]) == ([0.0], [1.0])
     # Evaluated alone, the file finds its mean and std in its entry's metadata.json.
     alone = evaluate.evaluate(pixels_entry / "model_int8.tflite", config.data, "test", 1)
     assert alone["top1"] == meta["accuracy"]["top1"]["tflite_int8"]
