@@ -270,12 +270,32 @@ class TrainingRun:
             for name, value in values.items():
                 tf.summary.scalar(name, float(value))
 
+    def image(self, step: int, name: str, png: bytes) -> None:
+        if self.writer is not None:
+            with self.writer.as_default(step=step):
+                tf.summary.image(name, tf.image.decode_png(png)[None])
+
+    def log_config(self) -> None:
+        """The run's config in TensorBoard: config.yaml as text, and every key as an hparam, so
+        runs line up in the HParams dashboard beside their result/ scalars."""
+        from tensorboard.plugins.hparams import api as hparams
+
+        flat = _flatten(config_lib.to_dict(self.config))
+        values = {
+            key: value if isinstance(value, (bool, int, float, str)) else str(value) for key, value in flat.items()
+        }
+        with self.writer.as_default(step=0):
+            text = (self.model_dir / folders.CONFIG_FILE).read_text()
+            tf.summary.text("config", "".join(f"    {line}\n" for line in text.splitlines()))  # markdown code
+            hparams.hparams(values, trial_id=str(self.model_dir))
+
     def train(self, stop_at_epoch: int | None = None) -> bool:
         """Restores, then trains the remaining epochs with `model.fit`; returns whether every
         epoch is done (False when stopped after `stop_at_epoch`, as an interrupted run would be)."""
         if self.is_chief:
             self.model_dir.mkdir(parents=True, exist_ok=True)
             self.writer = tf.summary.create_file_writer(str(self.model_dir / folders.TENSORBOARD))
+            self.log_config()
         self.restore()
         callbacks = [_FirstStep(self), _Divergence(self), *self.callbacks(), _EpochEnd(self, stop_at_epoch)]
         if self.batch and self.epoch < self.epochs:  # first the rest of the epoch a checkpoint cut

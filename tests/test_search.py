@@ -471,7 +471,13 @@ def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, capfd):
     assert [row[3] >= 0 for row in whole.history] == [False] * 6 + [True] * 4  # a teacher from step 7 on
     for name in ("config.yaml", "board.json", "search_result.json", "search_plot.png"):
         assert (run_dir / name).is_file(), name
-    assert list((run_dir / "tensorboard").iterdir())
+    # TensorBoard also holds the config (text and hparams), the result and the plot.
+    tags = set()
+    for path in (run_dir / "tensorboard").iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags |= {value.tag for value in event.summary.value}
+    assert {"config", "_hparams_/session_start_info", "result/val_top1", "result/search_plot"} <= tags, tags
+    assert scalars(run_dir, "result/val_top1") == {10: result["winner"]["val_top1"]}
     winner = result["winner"]
     assert winner is not None and len(result["board"]) == 2
     assert [row["winner"] for row in result["board"]].count(True) == 1

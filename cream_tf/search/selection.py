@@ -117,37 +117,80 @@ def select_and_export(search) -> dict:
             )
             row["entry"] = str(folder.relative_to(search.model_dir))  # within model_dir, wherever that moves
     result["winner"]["entry"] = rows[best].get("entry")
-    plot(search, rows, best)
+    png = plot(search, rows, best)
+    winner = result["winner"]
+    search.scalars(
+        search.step,
+        {
+            "result/val_top1": winner["val_top1"],
+            "result/test_top1": winner["test_top1"],
+            "result/mflops": winner["mflops"],
+        },
+    )
+    search.image(search.step, "result/search_plot", png)
     return result
 
 
-def plot(search, rows, best) -> None:
-    """Top-1 against FLOPs: every sampled path (training batch), the board (held-out), the winner."""
+def plot(search, rows, best) -> bytes:
+    """The search on two panels against FLOPs, the FLOPs range shaded on both. Left: the board's
+    paths at their held-out top-1, named as their zoo entries, the Pareto front (no cheaper path
+    is as accurate) and the winner. Right: every sampled path's top-1 on its training batch,
+    coloured by epoch (warm-up included), which is noisy and not comparable with held-out top-1.
+    Written to search_plot.png; returns the PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(figsize=(7, 4.5), dpi=120)
+    low, high = search.config.space.flops_min, search.config.space.flops_max
+    figure, (board, sampled) = pyplot.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    for axes in (board, sampled):
+        axes.axvspan(low, high, color="tab:green", alpha=0.06, label=f"FLOPs range {low:g}-{high:g} M")
+        axes.set_xlabel("MFLOPs (multiply-adds)")
+    flops, top1 = [r["mflops"] for r in rows], [r["val_top1"] for r in rows]
+    board.scatter(flops, top1, s=30, color="tab:blue", label="board paths")
+    for row in rows:
+        board.annotate(
+            f"board_{row['board_rank']:02d}",
+            (row["mflops"], row["val_top1"]),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    cheapest_first = sorted(rows, key=lambda r: (r["mflops"], -r["val_top1"]))
+    front = [r for i, r in enumerate(cheapest_first) if all(r["val_top1"] > q["val_top1"] for q in cheapest_first[:i])]
+    board.step(
+        [r["mflops"] for r in front],
+        [r["val_top1"] for r in front],
+        where="post",
+        color="tab:blue",
+        alpha=0.5,
+        label="Pareto front",
+    )
+    board.scatter(
+        [flops[best]],
+        [top1[best]],
+        s=180,
+        marker="*",
+        color="tab:red",
+        zorder=3,
+        label=f"selected: board_{rows[best]['board_rank']:02d}",
+    )
+    board.set_ylabel("held-out top-1 (%)")
+    board.set_title("Board paths, held-out split")
+    board.legend(loc="lower right", fontsize=8)
     if search.history:
         history = np.asarray(search.history, dtype=np.float64)
-        axes.scatter(
-            history[:, 0] / 1e6, history[:, 1], s=3, alpha=0.15, color="gray", label="sampled paths (training batch)"
-        )
-    axes.scatter(
-        [r["mflops"] for r in rows],
-        [r["val_top1"] for r in rows],
-        s=30,
-        color="tab:blue",
-        label="board paths (held-out)",
-    )
-    axes.scatter([rows[best]["mflops"]], [rows[best]["val_top1"]], s=160, marker="*", color="tab:red", label="selected")
-    axes.set_xlabel("MFLOPs (multiply-adds)")
-    axes.set_ylabel("top-1 (%)")
-    axes.set_title("Cream search")
-    axes.legend(loc="lower right", fontsize=8)
+        epoch = 1 + np.arange(len(history)) // search.steps_per_epoch
+        points = sampled.scatter(history[:, 0] / 1e6, history[:, 1], s=4, alpha=0.4, c=epoch, cmap="viridis")
+        figure.colorbar(points, ax=sampled, label="epoch")
+    sampled.set_ylabel("training-batch top-1 (%)")
+    sampled.set_title(f"{len(search.history)} sampled paths, one per step")
+    sampled.legend(loc="lower right", fontsize=8)
+    figure.suptitle(f"Cream search ({search.config.cream.pick_method}): {search.model_dir}", fontsize=10)
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png")
     pyplot.close(figure)
     atomic.write_bytes(search.model_dir / folders.SEARCH_PLOT_FILE, buffer.getvalue())
+    return buffer.getvalue()
