@@ -165,7 +165,19 @@ class CreamConfig:
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class Checkpointing:
+    """Mid-epoch checkpoints, beside the ones at epoch ends, so a preempted run loses minutes, not
+    an epoch; SIGTERM and SIGINT always write one before the run stops. Both `train` sections
+    (search and retrain) have these keys."""
+
+    checkpoint_every_steps: int = 0  # also every N steps within an epoch (0 = off)
+    checkpoint_every_minutes: float = 0.0  # also every N minutes within an epoch (0 = off)
+
+    KEYS = ("checkpoint_every_steps", "checkpoint_every_minutes")
+
+
+@dataclasses.dataclass
+class TrainConfig(Checkpointing):
     """Supernet optimization: SGD with Nesterov momentum, linear decay to zero."""
 
     epochs: int = 120
@@ -179,10 +191,6 @@ class TrainConfig:
     seed: int = 42
     deterministic: bool = False  # TF op determinism (slower; exact resume)
     jit_compile: bool = False  # XLA made a CPU training step ~10x slower here; measure before enabling
-    # Mid-epoch checkpoints as well, so a preempted run loses minutes, not an epoch (0 = off);
-    # SIGTERM and SIGINT always write one before the run stops.
-    checkpoint_every_steps: int = 0
-    checkpoint_every_minutes: float = 0.0
 
 
 @dataclasses.dataclass
@@ -216,12 +224,12 @@ class SearchConfig:
         )
         require(self, "train.lr", lambda v: v > 0, "a number > 0")
         require(self, "train.steps_per_epoch", lambda v: v >= 0, "0 (one pass over the split) or more")
-        for key in ("checkpoint_every_steps", "checkpoint_every_minutes"):
+        for key in Checkpointing.KEYS:
             require(self, f"train.{key}", lambda v: v >= 0, "0 (off) or more")
 
 
 @dataclasses.dataclass
-class RecipeConfig:
+class RecipeConfig(Checkpointing):
     """Retraining one architecture: the paper's recipe (official retrain settings) by default.
 
     The learning rate follows the step: linear warm-up from warmup_lr to the peak over
@@ -260,10 +268,6 @@ class RecipeConfig:
     seed: int = 42
     deterministic: bool = False  # TF op determinism (slower)
     checkpoint_every_epochs: int = 1  # a run resumes from the last of these
-    # Mid-epoch checkpoints as well, so a preempted run loses minutes, not an epoch (0 = off);
-    # SIGTERM and SIGINT always write one before the run stops.
-    checkpoint_every_steps: int = 0
-    checkpoint_every_minutes: float = 0.0
     eval_split: str = "test"  # reported while training, never used to pick weights
     eval_every_epochs: int = 1  # 0 = only at the end
     eval_batches: int = 0  # 0 = the whole split
@@ -321,8 +325,7 @@ class RetrainConfig:
             "eval_every_epochs",
             "eval_batches",
             "ema_recalibrate_batches",
-            "checkpoint_every_steps",
-            "checkpoint_every_minutes",
+            *Checkpointing.KEYS,
         ):
             require(self, f"train.{key}", lambda v: v >= 0, "0 or more")
         for key in ("lr", "decay_epochs", "rmsprop_epsilon"):
@@ -486,7 +489,7 @@ def _inline(value) -> str:
 def _field_comments(cls) -> dict[str, str]:
     """The `# ...` comment on each field's line of `cls`'s source."""
     comments = {}
-    for line in inspect.getsource(cls).splitlines():
+    for line in "\n".join(inspect.getsource(c) for c in cls.__mro__[-2::-1]).splitlines():  # bases first
         match = re.match(r"\s+(\w+):[^=]*=.*?#\s*(.+)$", line)
         if match:
             comments[match.group(1)] = match.group(2)

@@ -201,8 +201,7 @@ class Retrainer(TrainingRun):
             steps_per_epoch=self.recipe.steps_per_epoch,
             epochs=self.recipe.epochs,
             checkpoint_every=self.recipe.checkpoint_every_epochs,
-            checkpoint_every_steps=self.recipe.checkpoint_every_steps,
-            checkpoint_every_minutes=self.recipe.checkpoint_every_minutes,
+            checkpointing=self.recipe,
         )
         self.weights = weights
         self.output_dir = Path(output_dir) if output_dir else self.model_dir / "entry"

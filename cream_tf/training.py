@@ -99,8 +99,7 @@ class TrainingRun:
         steps_per_epoch: int,
         epochs: int,
         checkpoint_every: int = 1,
-        checkpoint_every_steps: int = 0,
-        checkpoint_every_minutes: float = 0.0,
+        checkpointing: config_lib.Checkpointing | None = None,
     ):
         atomic.check_folder(model_dir, "model_dir")
         self.model_dir = Path(model_dir)
@@ -111,11 +110,11 @@ class TrainingRun:
         distribute.check_batch(data_config.batch_size, self.strategy)
         self.seed, self.data_config, self.split = seed, data_config, split
         self.epochs, self.checkpoint_every = epochs, checkpoint_every
-        self.checkpoint_every_steps, self.checkpoint_every_minutes = checkpoint_every_steps, checkpoint_every_minutes
-        if checkpoint_every_minutes and distribute.workers(self.strategy) > 1:
+        self.checkpointing = checkpointing or config_lib.Checkpointing()
+        if self.checkpointing.checkpoint_every_minutes and distribute.workers(self.strategy) > 1:
             # Every worker takes part in a save, and their clocks would not agree on when.
             raise ValueError(
-                f"train.checkpoint_every_minutes={checkpoint_every_minutes} is not valid with "
+                f"train.checkpoint_every_minutes={self.checkpointing.checkpoint_every_minutes} is not valid with "
                 f"{distribute.workers(self.strategy)} workers; valid: 0, with train.checkpoint_every_steps instead."
             )
         # The data is checked (present, labels in range) before any model is built.
@@ -536,7 +535,7 @@ class _EpochEnd(keras.callbacks.Callback):
         run.batch = run.offset + batch + 1
         if run.batch == run.steps_per_epoch:
             return  # the epoch's end checkpoints
-        every, minutes = run.checkpoint_every_steps, run.checkpoint_every_minutes
+        every, minutes = run.checkpointing.checkpoint_every_steps, run.checkpointing.checkpoint_every_minutes
         if (
             run.stop_signal
             or (every and (run.epoch * run.steps_per_epoch + run.batch) % every == 0)

@@ -68,8 +68,7 @@ class Search(TrainingRun):
             split="train",
             steps_per_epoch=train.steps_per_epoch,
             epochs=train.epochs,
-            checkpoint_every_steps=train.checkpoint_every_steps,
-            checkpoint_every_minutes=train.checkpoint_every_minutes,
+            checkpointing=train,
         )
         cream = config.cream
         if cream.pick_method == "meta" and (
