@@ -19,7 +19,6 @@ on SIGTERM/SIGINT), restore skips damaged checkpoints, a non-finite loss stops t
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -165,26 +164,24 @@ class TrainingRun:
     # --- data -------------------------------------------------------------------------------
 
     def dataset(self):
-        """Every remaining epoch's batches, epoch after epoch, distributed over the replicas;
-        the steps of the first one already done (a mid-epoch resume) are skipped."""
-        config, first, steps, done = self.data_config, self.epoch, self.steps_per_epoch, self.batch
+        """The current epoch's batches (the steps already done of it skipped, after a mid-epoch
+        checkpoint), distributed over the replicas. Its seed is the epoch's, so a resumed epoch
+        sees the batches it would have seen."""
+        config, epoch, steps, done = self.data_config, self.epoch, self.steps_per_epoch, self.batch
 
         def per_worker(context):
-            batch = context.get_per_replica_batch_size(config.batch_size)
-            epochs = [
+            return (
                 data.load(
                     config,
                     self.split,
                     training=True,
                     repeat=True,
-                    batch_size=batch,
+                    batch_size=context.get_per_replica_batch_size(config.batch_size),
                     seed=self.seed * 1000 + epoch + PIPELINE_STRIDE * context.input_pipeline_id,
                 )
                 .take(steps)
-                .skip(done if epoch == first else 0)
-                for epoch in range(first, self.epochs)
-            ]
-            return functools.reduce(tf.data.Dataset.concatenate, epochs)
+                .skip(done)
+            )
 
         return self.strategy.distribute_datasets_from_function(per_worker)
 
@@ -297,23 +294,21 @@ class TrainingRun:
             self.log_config()
         self.restore()
         callbacks = [_FirstStep(self), _Divergence(self), *self.callbacks(), _EpochEnd(self, stop_at_epoch)]
-        if self.batch and self.epoch < self.epochs:  # first the rest of the epoch a checkpoint cut
-            self.offset = self.batch
-            self._fit(callbacks, epochs=self.epoch + 1, steps=self.steps_per_epoch - self.batch)
-        if self.epoch < self.epochs and not (stop_at_epoch and self.epoch >= stop_at_epoch):
-            self._fit(callbacks, epochs=self.epochs, steps=self.steps_per_epoch)
+        # One `fit` call per epoch, each on that epoch's pipeline: built for all epochs at once
+        # and concatenated, 100 epochs of Fashion-MNIST took 382 s and 18.6 GB before the first
+        # batch. The train function is traced once and kept between the calls.
+        while self.epoch < self.epochs and not (stop_at_epoch and self.epoch >= stop_at_epoch):
+            self.offset = self.batch  # after a mid-epoch checkpoint: the rest of its epoch
+            self.trainer.fit(
+                self.dataset(),
+                epochs=self.epoch + 1,
+                initial_epoch=self.epoch,
+                steps_per_epoch=self.steps_per_epoch - self.batch,
+                shuffle=False,
+                verbose=0,
+                callbacks=callbacks,
+            )
         return self.epoch >= self.epochs
-
-    def _fit(self, callbacks, epochs: int, steps: int) -> None:
-        self.trainer.fit(
-            self.dataset(),
-            epochs=epochs,
-            initial_epoch=self.epoch,
-            steps_per_epoch=steps,
-            shuffle=False,
-            verbose=0,
-            callbacks=callbacks,
-        )
 
     def run(self, stop_at_epoch: int | None = None, *, allow_config_change: bool = False) -> dict | None:
         """Trains (resuming when a checkpoint exists), then finishes; returns the result, also
