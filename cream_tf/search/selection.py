@@ -132,7 +132,7 @@ def select_and_export(search) -> dict:
 
 
 def plot(search, rows, best) -> bytes:
-    """The search on two panels against FLOPs, the FLOPs range shaded on both. Left: the board's
+    """The search on two panels against FLOPs, the FLOPs limits dashed on both. Left: the board's
     paths at their held-out top-1, named as their zoo entries, the Pareto front (no cheaper path
     is as accurate) and the winner. Right: every sampled path's top-1 on its training batch,
     coloured by epoch (warm-up included), which is noisy and not comparable with held-out top-1.
@@ -145,7 +145,8 @@ def plot(search, rows, best) -> bytes:
     low, high = search.config.space.flops_min, search.config.space.flops_max
     figure, (board, sampled) = pyplot.subplots(1, 2, figsize=(12, 4.8), dpi=110)
     for axes in (board, sampled):
-        axes.axvspan(low, high, color="tab:green", alpha=0.06, label=f"FLOPs range {low:g}-{high:g} M")
+        for limit in (low, high) if low > 0 else (high,):
+            axes.axvline(limit, color="tab:red", linestyle="--", linewidth=1, label=f"FLOPs limit {limit:g} M")
         axes.set_xlabel("MFLOPs (multiply-adds)")
     flops, top1 = [r["mflops"] for r in rows], [r["val_top1"] for r in rows]
     board.scatter(flops, top1, s=30, color="tab:blue", label="board paths")
@@ -178,7 +179,7 @@ def plot(search, rows, best) -> bytes:
     )
     board.set_ylabel("held-out top-1 (%)")
     board.set_title("Board paths, held-out split")
-    board.legend(loc="lower right", fontsize=8)
+    board.legend(loc="best", fontsize=8, framealpha=0.7)
     if search.history:
         history = np.asarray(search.history, dtype=np.float64)
         epoch = 1 + np.arange(len(history)) // search.steps_per_epoch
@@ -186,7 +187,7 @@ def plot(search, rows, best) -> bytes:
         figure.colorbar(points, ax=sampled, label="epoch")
     sampled.set_ylabel("training-batch top-1 (%)")
     sampled.set_title(f"{len(search.history)} sampled paths, one per step")
-    sampled.legend(loc="lower right", fontsize=8)
+    sampled.legend(loc="upper left", fontsize=8, framealpha=0.7)
     figure.suptitle(f"Cream search ({search.config.cream.pick_method}): {search.model_dir}", fontsize=10)
     buffer = io.BytesIO()
     figure.tight_layout()
