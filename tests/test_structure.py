@@ -23,7 +23,7 @@ LAYERS = [
         "cream_tf.data.held_out",
         "cream_tf.data.augment",
     ],
-    ["cream_tf.convert", "cream_tf.data.sources"],
+    ["cream_tf.convert", "cream_tf.twin", "cream_tf.data.sources"],
     ["cream_tf.data.pipeline"],
     ["cream_tf.data"],
     ["cream_tf.zoo", "cream_tf.supernet", "cream_tf.folders"],
