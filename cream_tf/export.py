@@ -18,7 +18,7 @@ import tensorflow as tf
 import cream_tf
 from cream_tf import atomic, data, evaluate
 from cream_tf.arch import Arch
-from cream_tf.config import DataConfig, ExportConfig
+from cream_tf.config import DataConfig, ExportConfig, to_dict
 from cream_tf.flops import cost_of
 from cream_tf.folders import (
     KERAS_FILE,
@@ -145,6 +145,7 @@ def write_entry(
             metadata["labels"] = list(labels)
         if data_config is not None:
             evaluate.check_fits(evaluate.KerasPredictor(model), data_config)
+            metadata["data"] = to_dict(data_config)  # the data it was measured on, which --mode=qat trains on
             if export_config.int8:
                 count = min(export_config.calibration_images, data.num_examples(data_config, "train"))
                 calibration = data.sample_images(data_config, "train", count)

@@ -173,7 +173,8 @@ class Retrainer(TrainingRun):
     """
 
     RESULT_FILE = folders.RETRAIN_RESULT_FILE
-    REPORTING_KEYS = TrainingRun.REPORTING_KEYS + ("export.", "train.eval_")
+    # What follows the training (export, the QAT fine-tune of the entry) may change on a resume.
+    REPORTING_KEYS = TrainingRun.REPORTING_KEYS + ("export.", "train.eval_", "qat.")
     SUMMED = ("loss", "ce", "correct")
 
     def __init__(

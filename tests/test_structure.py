@@ -29,6 +29,7 @@ LAYERS = [
     ["cream_tf.zoo", "cream_tf.supernet", "cream_tf.folders"],
     ["cream_tf.evaluate", "cream_tf.optim", "cream_tf.training"],
     ["cream_tf.export", "cream_tf.search.board", "cream_tf.search.sampler", "cream_tf.search"],
+    ["cream_tf.qat"],
     ["cream_tf.search.trainer", "cream_tf.search.selection", "cream_tf.retrain"],
     ["cream_tf.search.run"],
 ]
