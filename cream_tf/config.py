@@ -370,6 +370,8 @@ class RetrainConfig:
             require(self, f"train.{key}", lambda v: 0 <= v < 1, "a number in [0, 1)")
         require(self, "export.eval_batches", lambda v: v >= 0, "0 (the whole split) or more")
         self.qat.validate()
+        if self.qat.enabled:
+            require(self, "export.enabled", bool, "true when qat.enabled (QAT fine-tunes the exported entry)")
 
 
 def from_dict(cls: type[T], data: dict | None, path: str = "") -> T:
