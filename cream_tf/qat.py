@@ -5,8 +5,10 @@ TensorFlow Model Optimization (TFMOT) inserts fake quantization where TFLite's i
 quantize: per-channel int8 convolution weights, and each activation after the op TFLite fuses it
 into (convolutions with their BatchNorm, the ReLU of the SE block). It works on tf_keras models, so
 the entry's network is rebuilt as its tf_keras twin (cream_tf.twin). Its default 8-bit scheme has
-no QuantizeConfig for `Multiply` (the SE gate) nor for the twin's hard-sigmoid `Activation`;
-`OutputQuantizeConfig` quantizes their outputs, as post-training quantization does. Swish keeps
+no QuantizeConfig for `Multiply` (the SE gate) nor for the twin's hard sigmoid (`Activation` of
+relu6(x + 3), `Rescaling` by 1/6); `OutputQuantizeConfig` quantizes their outputs, and the SE
+expand conv keeps its output float (`KernelOnlyQuantizeConfig`), so the int8 graph is the one
+post-training quantization makes, which XNNPACK takes whole. Swish keeps
 TFMOT's own configuration (the output quantized), as do pooling, Add and Dense.
 
 The result is an entry folder (cream_tf.folders) holding the float files it started from, the
@@ -72,9 +74,36 @@ class OutputQuantizeConfig(quantize.QuantizeConfig):
         return {}
 
 
-def _needs_own_config(layer) -> bool:
-    gate = isinstance(layer, tf_keras.layers.Activation) and layer.activation is twin.relu6_hard_sigmoid
-    return gate or isinstance(layer, tf_keras.layers.Multiply)
+class KernelOnlyQuantizeConfig(OutputQuantizeConfig):
+    """Per-channel int8 kernel, output left to the next layer: the SE expand conv, whose output
+    enters the hard sigmoid. TFLite folds the sigmoid's + 3 into the conv's bias and its relu6
+    into the conv, as post-training quantization does; a fake quantization between them (TFMOT's
+    default) would keep a separate ADD that XNNPACK does not take, splitting the graph."""
+
+    def __init__(self):
+        self.quantizer = quantize.quantizers.LastValueQuantizer(
+            num_bits=8, per_axis=True, symmetric=True, narrow_range=True
+        )
+
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.kernel, self.quantizer)]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        (layer.kernel,) = quantize_weights
+
+    def get_output_quantizers(self, layer):
+        return []
+
+
+def _own_config(layer):
+    if isinstance(layer, tf_keras.layers.Multiply):
+        return OutputQuantizeConfig()
+    hard_sigmoid = isinstance(layer, tf_keras.layers.Activation) and layer.activation is twin.shifted_relu6
+    if hard_sigmoid or isinstance(layer, tf_keras.layers.Rescaling):
+        return OutputQuantizeConfig()
+    if isinstance(layer, tf_keras.layers.Conv2D) and layer.name.endswith("_se_conv_expand"):
+        return KernelOnlyQuantizeConfig()
+    return None
 
 
 def quantize_model(model: tf_keras.Model) -> tf_keras.Model:
@@ -82,12 +111,13 @@ def quantize_model(model: tf_keras.Model) -> tf_keras.Model:
 
     def annotate(layer):
         clone = layer.__class__.from_config(layer.get_config())
-        return quantize.quantize_annotate_layer(clone, OutputQuantizeConfig() if _needs_own_config(layer) else None)
+        return quantize.quantize_annotate_layer(clone, _own_config(layer))
 
     with quantize.quantize_scope(twin.CUSTOM_OBJECTS):
         annotated = tf_keras.models.clone_model(model, clone_function=annotate)
         annotated.set_weights(model.get_weights())
-    with quantize.quantize_scope({**twin.CUSTOM_OBJECTS, "OutputQuantizeConfig": OutputQuantizeConfig}):
+    own = {"OutputQuantizeConfig": OutputQuantizeConfig, "KernelOnlyQuantizeConfig": KernelOnlyQuantizeConfig}
+    with quantize.quantize_scope({**twin.CUSTOM_OBJECTS, **own}):
         return quantize.quantize_apply(annotated)
 
 
@@ -130,7 +160,7 @@ def to_tflite_int8(qat_model: tf_keras.Model, calibration) -> bytes:
 
     The ranges are the QAT model's own (its fake-quantization ops); the converter still asks for
     representative images when only int8 ops are allowed, and sets from them the ranges of the
-    few tensors no fake quantization covers (inside swish and the hard sigmoid)."""
+    few tensors no fake quantization covers (inside swish)."""
     converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([image[None]] for image in calibration)

@@ -4,8 +4,8 @@ tf_keras models only.
 
 Both come from the one builder (`cream_tf.childnet.build_child` over a `LayerKit`). The one
 difference is how the SE gate's hard sigmoid is written: tf_keras' 'hard_sigmoid' activation is
-another function (0.2 x + 0.5, clipped), so the twin's gate is an `Activation` of
-`relu6_hard_sigmoid`, the function Keras 3 computes. Weights move between the two by layer name.
+another function (0.2 x + 0.5, clipped), so the twin's gate computes Keras 3's relu6(x + 3) / 6
+as an `Activation` of `shifted_relu6` and a `Rescaling` by 1/6. Weights move between the two by layer name.
 """
 
 from __future__ import annotations
@@ -19,19 +19,23 @@ from cream_tf.blocks import LayerKit
 from cream_tf.childnet import build_child
 
 
-def relu6_hard_sigmoid(x):
-    """relu6(x + 3) / 6: Keras 3's (and PyTorch's) hard sigmoid."""
-    return tf.nn.relu6(x + 3.0) / 6.0
+def shifted_relu6(x):
+    """relu6(x + 3): the hard sigmoid before its division by 6, a tensor of its own in TFLite's
+    int8 graph (the + 3 and the relu6 fold into the convolution before it), so QAT quantizes it too."""
+    return tf.nn.relu6(x + 3.0)
 
 
-TF_KERAS = LayerKit(
-    tf_keras.layers,
-    tf_keras.Model,
-    tf_keras.layers.BatchNormalization,
-    lambda name: [tf_keras.layers.Activation(relu6_hard_sigmoid, name=name)],
-)
+def _hard_sigmoid(name: str) -> list:
+    """relu6(x + 3) / 6, Keras 3's (and PyTorch's) hard sigmoid, as two layers."""
+    return [
+        tf_keras.layers.Activation(shifted_relu6, name=f"{name}_relu6"),
+        tf_keras.layers.Rescaling(1.0 / 6.0, name=name),
+    ]
+
+
+TF_KERAS = LayerKit(tf_keras.layers, tf_keras.Model, tf_keras.layers.BatchNormalization, _hard_sigmoid)
 # What tf_keras needs to rebuild a twin from its config (TFMOT clones the model that way).
-CUSTOM_OBJECTS = {"relu6_hard_sigmoid": relu6_hard_sigmoid}
+CUSTOM_OBJECTS = {"shifted_relu6": shifted_relu6}
 
 
 def build_twin(arch: Arch, name: str = "cream") -> tf_keras.Model:

@@ -58,7 +58,10 @@ def test_the_twin_is_the_same_network_in_tf_keras(child):
     model, images = child
     copy = twin.twin_of(model, TINY, images)
     assert isinstance(copy, tf_keras.Model)
-    assert [layer.name for layer in copy.layers] == [layer.name for layer in model.layers]
+    # The same layers under the same names; the twin's hard sigmoid is two layers (cream_tf.twin).
+    extra = [layer.name for layer in copy.layers if layer.name not in {m.name for m in model.layers}]
+    assert extra and all(name.endswith("_se_gate_relu6") for name in extra)
+    assert [layer.name for layer in copy.layers if layer.name not in extra] == [layer.name for layer in model.layers]
     assert twin.max_difference(model, copy, images) <= 1e-5
     assert np.abs(np.asarray(model(images, training=False))).max() > 0.1  # not a trivially small output
 
@@ -96,7 +99,8 @@ def quantized(child, tmp_path_factory):
     qat_model = qat.quantize_model(float_twin)
     qat.calibrate_ranges(qat_model, float_twin, inputs)
     qat_model.compile(optimizer=tf_keras.optimizers.SGD(1e-3), loss=tf_keras.losses.SparseCategoricalCrossentropy(True))
-    qat_model.fit(inputs, labels, batch_size=16, epochs=1, verbose=0)
+    tf_keras.utils.set_random_seed(0)  # the same four steps on every run: the tolerances below are measured
+    qat_model.fit(inputs, labels, batch_size=16, epochs=1, verbose=0, shuffle=False)
     path = tmp_path_factory.mktemp("qat") / "model_int8.tflite"
     path.write_bytes(qat.to_tflite_int8(qat_model, inputs[:16]))
     return qat_model, path, inputs
@@ -104,7 +108,7 @@ def quantized(child, tmp_path_factory):
 
 def test_the_qat_model_fake_quantizes_the_se_gate_and_hard_sigmoid(quantized):
     qat_model = quantized[0]
-    for name in ("blocks_1_0_se_mul", "blocks_1_0_se_gate", "blocks_1_0_act1"):
+    for name in ("blocks_1_0_se_mul", "blocks_1_0_se_gate_relu6", "blocks_1_0_se_gate", "blocks_1_0_act1"):
         wrapper = qat_model.get_layer(f"quant_{name}")
         assert {w.name.split("/")[-1] for w in wrapper.weights} >= {"output_min:0", "output_max:0"}, name
 
@@ -118,6 +122,9 @@ def test_qat_converts_to_an_all_int8_tflite_file(quantized):
     assert qat.float_ops(content) == []
     assert {t for _, types in ops for t in types} == {"INT8", "INT32"}
     assert "QUANTIZE" not in {name for name, _ in ops} and "DEQUANTIZE" not in {name for name, _ in ops}
+    # XNNPACK takes the whole graph as one partition (a node it refused would split it).
+    interpreter = evaluate.TFLitePredictor(quantized[1]).interpreter
+    assert [op["op_name"] for op in interpreter._get_ops_details()].count("DELEGATE") == 1
 
 
 def test_the_float_op_check_sees_float_ops(child, tmp_path):
@@ -129,19 +136,19 @@ def test_the_float_op_check_sees_float_ops(child, tmp_path):
 
 
 def test_tflite_int8_gives_the_qat_models_fake_quantized_outputs(quantized):
-    """Within 6 quanta of the output's int8 scale at worst and 1.5 on average (measured: 4 and
-    1.0). They cannot agree exactly: TFLite folds BatchNorm into the kernel and quantizes the
+    """Within 8 quanta of the output's int8 scale at worst and 1.5 on average (measured: 6 and
+    1.2). They cannot agree exactly: TFLite folds BatchNorm into the kernel and quantizes the
     folded kernel, where QAT quantizes the kernel and applies BatchNorm in float; TFMOT leaves
     the SE reduce conv's kernel float (its Conv+ReLU transform drops that layer's config), TFLite
-    quantizes it; inside swish and the hard sigmoid TFLite rounds tensors (LOGISTIC's output at
-    1/256, the ADD before RELU6) that QAT keeps in float; and TFLite rescales in fixed point.
-    Each costs up to a quantum where it happens, and ~20 layers pass them on."""
+    quantizes it; inside swish TFLite rounds LOGISTIC's output to 1/256, which QAT keeps in float;
+    and TFLite rescales in fixed point. Each costs up to a quantum where it happens, and ~20
+    layers pass them on."""
     qat_model, path, inputs = quantized
     predict = evaluate.TFLitePredictor(path)
     got, expected = predict(inputs), qat_model(inputs, training=False).numpy()
     quantum = predict.output["quantization"][0]
     difference = np.abs(got - expected) / quantum
-    assert difference.max() <= 6 and difference.mean() <= 1.5, (difference.max(), difference.mean())
+    assert difference.max() <= 8 and difference.mean() <= 1.5, (difference.max(), difference.mean())
     assert np.mean(got.argmax(-1) == expected.argmax(-1)) >= 0.95
 
 
