@@ -9,6 +9,7 @@
     python main.py --mode=convert --zoo=cream_287 --checkpoint=287.pth.tar --output_dir=/tmp/cream_287
     python main.py --mode=retrain --search_result=runs/search/search_result.json --model_dir=runs/retrain
     python main.py --mode=eval --model_dir=runs/retrain        # or --model=FILE.keras|.tflite|ENTRY_DIR
+    python main.py --mode=qat --model=runs/retrain/entry --output_dir=runs/qat/entry   # int8 by QAT
     python main.py --mode=config --config_file=configs/retrain/fashion_mnist.yaml   # every key, type, default
 """
 
@@ -24,7 +25,7 @@ from absl import logging as absl_logging
 import cream_tf
 from cream_tf import RunError
 
-MODES = ("search", "describe", "export", "convert", "retrain", "eval", "config")
+MODES = ("search", "describe", "export", "convert", "retrain", "eval", "config", "qat")
 DEFAULT_SEARCH_CONFIG = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs", "search", "fashion_mnist.yaml"
 )
@@ -32,6 +33,7 @@ DEFAULT_RETRAIN_CONFIG = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs", "retrain", "fashion_mnist.yaml"
 )
 DEFAULT_RETRAIN_DIR = "runs/retrain"
+DEFAULT_QAT_DIR = "runs/qat"
 
 flags.DEFINE_enum("mode", None, MODES, "What to do.")
 flags.DEFINE_string(
@@ -47,8 +49,8 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "model_dir",
     "runs/search",
-    "search/retrain: where checkpoints, logs and results go; a "
-    "checkpoint there is resumed (retrain and eval default to runs/retrain).",
+    "search/retrain/qat: where checkpoints, logs and results go; a "
+    "checkpoint there is resumed (retrain and eval default to runs/retrain, qat to runs/qat).",
 )
 flags.DEFINE_string("zoo", None, "A zoo model name, e.g. cream_287.")
 flags.DEFINE_string("arch", None, "An architecture string, e.g. '[3][3,3][3,1,3][3,3,3,3][3,3,3]@224'.")
@@ -94,7 +96,8 @@ flags.DEFINE_string("search_result", None, "retrain: a search_result.json whose 
 flags.DEFINE_string(
     "model",
     None,
-    "eval: a .keras or .tflite file, a zoo entry folder, or a retrain model_dir or checkpoint (default: --model_dir).",
+    "eval: a .keras or .tflite file, a zoo entry folder, or a retrain model_dir or checkpoint (default: --model_dir); "
+    "qat: the entry folder to fine-tune (one written with data).",
 )
 flags.DEFINE_string("split", "test", "eval: the split to measure (test, validation, train, train_full).")
 flags.DEFINE_integer("eval_batches", 0, "eval: batches of data.batch_size to measure; 0 = the whole split.")
@@ -271,6 +274,24 @@ def retrain() -> str:
     )
 
 
+def qat() -> str:
+    """Quantization-aware fine-tuning of --model (an entry folder) into --output_dir; the qat: and
+    export: sections of --config_file (a retrain config) set the steps, rate and measuring."""
+    from cream_tf import qat as quantizer
+
+    if not (FLAGS.model and FLAGS.output_dir):
+        raise app.UsageError("--mode=qat needs --model=ENTRY_FOLDER and --output_dir=DIR.")
+    model_dir = FLAGS.model_dir if FLAGS["model_dir"].present else DEFAULT_QAT_DIR
+    run = quantizer.QatRun(
+        _retrain_config(FLAGS.config_file), FLAGS.model, model_dir, FLAGS.output_dir, overwrite=FLAGS.overwrite
+    )
+    result = run.run(allow_config_change=FLAGS.allow_config_change)
+    return (
+        f"QAT: {result['steps']} steps; entry: {result['entry']}\n{_format_accuracy(result['accuracy'])}\n"
+        f"results: {model_dir}/{quantizer.QatRun.RESULT_FILE}, TensorBoard: {model_dir}/tensorboard"
+    )
+
+
 def evaluate() -> dict:
     """Prints and returns top-1/top-5 of --model (default: the retrain --model_dir) on --split."""
     from pathlib import Path
@@ -367,6 +388,9 @@ def main(argv):
             return
         if FLAGS.mode == "config":
             print(show_config())
+            return
+        if FLAGS.mode == "qat":
+            print(qat())
             return
         arch = _arch_from_flags()
         print({"describe": describe, "export": export, "convert": convert}[FLAGS.mode](arch))

@@ -9,9 +9,17 @@ functional model of built-in layers that loads without this package, with the sa
 Numerics follow PyTorch/timm: BatchNorm epsilon 1e-5 and momentum 0.1 (Keras 0.9),
 symmetric k//2 padding on strided convolutions (TensorFlow's 'same' pads asymmetrically),
 hard_sigmoid = relu6(x + 3) / 6 (Keras 3's definition) for the SE gate, swish elsewhere.
+
+The layers of a block come from one recipe (`block_layers`, `head_layers`) over a `LayerKit`:
+Keras 3's layers here, tf_keras' for the quantization-aware twin (cream_tf.twin), so both
+networks are the same layers under the same names.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import keras
 import tensorflow as tf
@@ -21,7 +29,6 @@ from cream_tf.arch import BlockSpec
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
-_KERNEL = {layers.Conv2D: "kernel_initializer", layers.DepthwiseConv2D: "depthwise_initializer"}
 
 
 def conv_initializer():
@@ -34,23 +41,6 @@ def conv_initializer():
 def dense_initializer():
     """Keras' glorot uniform; see `conv_initializer`."""
     return "glorot_uniform"
-
-
-def _padded(conv_cls, spec_kernel: int, stride: int, name: str, **kwargs):
-    """A convolution padded as PyTorch pads: k//2 on every side."""
-    kwargs[_KERNEL[conv_cls]] = conv_initializer()
-    if stride == 1:
-        return [conv_cls(kernel_size=spec_kernel, strides=1, padding="same", name=name, **kwargs)]
-    pad = layers.ZeroPadding2D(spec_kernel // 2, name=f"{name}_pad")
-    return [pad, conv_cls(kernel_size=spec_kernel, strides=stride, padding="valid", name=name, **kwargs)]
-
-
-def _conv(filters, kernel, stride, name, use_bias=False):
-    return _padded(layers.Conv2D, kernel, stride, name, filters=filters, use_bias=use_bias)
-
-
-def _dwconv(kernel, stride, name):
-    return _padded(layers.DepthwiseConv2D, kernel, stride, name, use_bias=False)
 
 
 class FusedBatchNormalization(layers.BatchNormalization):
@@ -80,73 +70,137 @@ class FusedBatchNormalization(layers.BatchNormalization):
         return outputs
 
 
-def _bn(name, fused=False):
-    cls = FusedBatchNormalization if fused else layers.BatchNormalization
-    return cls(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+@dataclasses.dataclass(frozen=True)
+class LayerKit:
+    """Where the recipe's layers come from.
+
+    layers: a module of Keras' built-in layers (`keras.layers`, or `tf_keras.layers`).
+    model: the functional model class of the same Keras (`keras.Model`, `tf_keras.Model`).
+    batch_norm: the BatchNormalization class (the supernet trains with `FusedBatchNormalization`).
+    hard_sigmoid: name -> the layers computing relu6(x + 3) / 6, the last one named `name`
+      (tf_keras' own 'hard_sigmoid' is another function).
+    """
+
+    layers: Any
+    model: type
+    batch_norm: type
+    hard_sigmoid: Callable[[str], list]
+
+    @property
+    def takes_training(self) -> tuple[type, ...]:
+        """The layers whose call differs between training and inference."""
+        return (self.layers.BatchNormalization, self.layers.Dropout)
 
 
-def _apply(sequence, x, training):
+KERAS = LayerKit(
+    layers, keras.Model, layers.BatchNormalization, lambda name: [layers.Activation("hard_sigmoid", name=name)]
+)
+KERAS_FUSED = dataclasses.replace(KERAS, batch_norm=FusedBatchNormalization)
+
+
+def _padded(kit: LayerKit, depthwise: bool, kernel: int, stride: int, name: str, **kwargs) -> list:
+    """A convolution padded as PyTorch pads: k//2 on every side."""
+    conv_cls = kit.layers.DepthwiseConv2D if depthwise else kit.layers.Conv2D
+    kwargs["depthwise_initializer" if depthwise else "kernel_initializer"] = conv_initializer()
+    if stride == 1:
+        return [conv_cls(kernel_size=kernel, strides=1, padding="same", name=name, **kwargs)]
+    pad = kit.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")
+    return [pad, conv_cls(kernel_size=kernel, strides=stride, padding="valid", name=name, **kwargs)]
+
+
+class BlockLayers(NamedTuple):
+    """The built-in layers of one block, in the order they are applied (see `apply_block`)."""
+
+    before_se: list
+    se: list
+    after_se: list
+    se_multiply: Any
+    drop_path: Any
+    add: Any
+
+
+def block_layers(spec: BlockSpec, kit: LayerKit = KERAS, drop_path: float = 0.0) -> BlockLayers:
+    """The layers of the block `spec` describes, made from `kit`: a main path, an optional SE
+    gate, an optional residual. Layer names follow the official module tree
+    (`blocks_3_1_conv_dw` for `blocks.3.1.conv_dw`), which is what the checkpoint converter maps."""
+    p, L = spec.name, kit.layers
+    conv = lambda filters, kernel, stride, name: _padded(
+        kit, False, kernel, stride, name, filters=filters, use_bias=False
+    )
+    dwconv = lambda kernel, stride, name: _padded(kit, True, kernel, stride, name, use_bias=False)
+    bn = lambda name: kit.batch_norm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+    swish = lambda suffix: L.Activation("swish", name=f"{p}_{suffix}")
+
+    def squeeze_excite(channels, reduced):
+        return [
+            L.GlobalAveragePooling2D(keepdims=True, name=f"{p}_se_pool"),
+            L.Conv2D(reduced, 1, kernel_initializer=conv_initializer(), name=f"{p}_se_conv_reduce"),
+            L.ReLU(name=f"{p}_se_relu"),
+            L.Conv2D(channels, 1, kernel_initializer=conv_initializer(), name=f"{p}_se_conv_expand"),
+            *kit.hard_sigmoid(f"{p}_se_gate"),
+        ]
+
+    se, before_se, after_se = [], [], []
+    if spec.kind in ("stem", "cn"):
+        conv_name = "conv_stem" if spec.kind == "stem" else f"{p}_conv"
+        bn_name = "bn1" if spec.kind == "stem" else f"{p}_bn1"
+        before_se = [*conv(spec.out_channels, spec.kernel, spec.stride, conv_name), bn(bn_name), swish("act")]
+    elif spec.kind == "ds":
+        before_se = [*dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"), bn(f"{p}_bn1"), swish("act1")]
+        after_se = [*conv(spec.out_channels, 1, 1, f"{p}_conv_pw"), bn(f"{p}_bn2")]
+        se = squeeze_excite(spec.in_channels, spec.se_channels)
+    elif spec.kind == "ir":
+        before_se = [
+            *conv(spec.mid_channels, 1, 1, f"{p}_conv_pw"),
+            bn(f"{p}_bn1"),
+            swish("act1"),
+            *dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"),
+            bn(f"{p}_bn2"),
+            swish("act2"),
+        ]
+        after_se = [*conv(spec.out_channels, 1, 1, f"{p}_conv_pwl"), bn(f"{p}_bn3")]
+        se = squeeze_excite(spec.mid_channels, spec.se_channels)
+    else:
+        raise ValueError(f"Unknown block kind {spec.kind!r}; valid are stem, ds, ir, cn.")
+    se_multiply = L.Multiply(name=f"{p}_se_mul") if se else None
+    dropout = add = None
+    if spec.residual:
+        if drop_path > 0:
+            # Dropping whole samples of the residual branch is stochastic depth.
+            dropout = L.Dropout(drop_path, noise_shape=(None, 1, 1, 1), name=f"{p}_drop_path")
+        add = L.Add(name=f"{p}_add")
+    return BlockLayers(before_se, se, after_se, se_multiply, dropout, add)
+
+
+def _apply(sequence, x, training, kit: LayerKit):
     for layer in sequence:
-        takes_training = isinstance(layer, (layers.BatchNormalization, layers.Dropout))
-        x = layer(x, training=training) if takes_training else layer(x)
+        x = layer(x, training=training) if isinstance(layer, kit.takes_training) else layer(x)
+    return x
+
+
+def apply_block(parts, inputs, training=None, kit: LayerKit = KERAS):
+    """Applies a block's layers (a `BlockLayers`, or anything with its attributes) to `inputs`."""
+    x = _apply(parts.before_se, inputs, training, kit)
+    if parts.se:
+        x = parts.se_multiply([x, _apply(parts.se, x, training, kit)])
+    x = _apply(parts.after_se, x, training, kit)
+    if parts.add is not None:
+        if parts.drop_path is not None:
+            x = parts.drop_path(x, training=training)
+        x = parts.add([inputs, x])
     return x
 
 
 class Block(keras.layers.Layer):
-    """A block decoded from a `BlockSpec`: a main path, an optional SE gate, an optional residual.
-
-    Layer names follow the official module tree (`blocks_3_1_conv_dw` for `blocks.3.1.conv_dw`),
-    which is what the checkpoint converter maps.
-    """
+    """A block decoded from a `BlockSpec` (see `block_layers`), as one Keras 3 layer."""
 
     def __init__(self, spec: BlockSpec, drop_path: float = 0.0, fused_bn: bool = False, **kwargs):
         kwargs.setdefault("name", spec.name)
         super().__init__(**kwargs)
         self.spec = spec
-        p = spec.name
-        bn = lambda name: _bn(name, fused_bn)
-        swish = lambda suffix: layers.Activation("swish", name=f"{p}_{suffix}")
-        se, before_se, after_se = [], [], []
-        if spec.kind in ("stem", "cn"):
-            conv_name = "conv_stem" if spec.kind == "stem" else f"{p}_conv"
-            bn_name = "bn1" if spec.kind == "stem" else f"{p}_bn1"
-            before_se = [*_conv(spec.out_channels, spec.kernel, spec.stride, conv_name), bn(bn_name), swish("act")]
-        elif spec.kind == "ds":
-            before_se = [*_dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"), bn(f"{p}_bn1"), swish("act1")]
-            after_se = [*_conv(spec.out_channels, 1, 1, f"{p}_conv_pw"), bn(f"{p}_bn2")]
-            se = self._se(spec.in_channels, spec.se_channels)
-        elif spec.kind == "ir":
-            before_se = [
-                *_conv(spec.mid_channels, 1, 1, f"{p}_conv_pw"),
-                bn(f"{p}_bn1"),
-                swish("act1"),
-                *_dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"),
-                bn(f"{p}_bn2"),
-                swish("act2"),
-            ]
-            after_se = [*_conv(spec.out_channels, 1, 1, f"{p}_conv_pwl"), bn(f"{p}_bn3")]
-            se = self._se(spec.mid_channels, spec.se_channels)
-        else:
-            raise ValueError(f"Unknown block kind {spec.kind!r}; valid are stem, ds, ir, cn.")
-        self.before_se, self.se, self.after_se = before_se, se, after_se
-        self.se_multiply = layers.Multiply(name=f"{p}_se_mul") if se else None
-        self.drop_path = None
-        self.add = None
-        if spec.residual:
-            if drop_path > 0:
-                # Dropping whole samples of the residual branch is stochastic depth.
-                self.drop_path = layers.Dropout(drop_path, noise_shape=(None, 1, 1, 1), name=f"{p}_drop_path")
-            self.add = layers.Add(name=f"{p}_add")
-
-    def _se(self, channels, reduced):
-        p = self.spec.name
-        return [
-            layers.GlobalAveragePooling2D(keepdims=True, name=f"{p}_se_pool"),
-            layers.Conv2D(reduced, 1, kernel_initializer=conv_initializer(), name=f"{p}_se_conv_reduce"),
-            layers.ReLU(name=f"{p}_se_relu"),
-            layers.Conv2D(channels, 1, kernel_initializer=conv_initializer(), name=f"{p}_se_conv_expand"),
-            layers.Activation("hard_sigmoid", name=f"{p}_se_gate"),
-        ]
+        # Attributes in this order, so Keras tracks the layers (and orders their weights) as before.
+        for field, value in block_layers(spec, KERAS_FUSED if fused_bn else KERAS, drop_path)._asdict().items():
+            setattr(self, field, value)
 
     @property
     def parts(self) -> list[layers.Layer]:
@@ -155,35 +209,38 @@ class Block(keras.layers.Layer):
         return self.before_se + self.se + self.after_se + [layer for layer in extra if layer]
 
     def call(self, inputs, training=None):
-        x = _apply(self.before_se, inputs, training)
-        if self.se:
-            x = self.se_multiply([x, _apply(self.se, x, training)])
-        x = _apply(self.after_se, x, training)
-        if self.add is not None:
-            if self.drop_path is not None:
-                x = self.drop_path(x, training=training)
-            x = self.add([inputs, x])
-        return x
+        return apply_block(self, inputs, training)
+
+
+def head_layers(num_classes: int, head_channels: int, dropout: float, kit: LayerKit = KERAS) -> list:
+    """MobileNetV3 head: global pool BEFORE a 1x1 conv with bias, swish, dropout, classifier."""
+    L = kit.layers
+    sequence = [
+        L.GlobalAveragePooling2D(keepdims=True, name="global_pool"),
+        L.Conv2D(head_channels, 1, use_bias=True, kernel_initializer=conv_initializer(), name="conv_head"),
+        L.Activation("swish", name="act2"),
+        L.Flatten(name="flatten"),
+    ]
+    if dropout > 0:
+        sequence.append(L.Dropout(dropout, name="dropout"))
+    sequence.append(L.Dense(num_classes, kernel_initializer=dense_initializer(), name="classifier"))
+    return sequence
+
+
+def apply_head(sequence, inputs, training=None, kit: LayerKit = KERAS):
+    return _apply(sequence, inputs, training, kit)
 
 
 class Head(keras.layers.Layer):
-    """MobileNetV3 head: global pool BEFORE a 1x1 conv with bias, swish, dropout, classifier."""
+    """The head (see `head_layers`) as one Keras 3 layer."""
 
     def __init__(self, num_classes: int, head_channels: int, dropout: float, **kwargs):
         super().__init__(name="head", **kwargs)
-        self.sequence = [
-            layers.GlobalAveragePooling2D(keepdims=True, name="global_pool"),
-            layers.Conv2D(head_channels, 1, use_bias=True, kernel_initializer=conv_initializer(), name="conv_head"),
-            layers.Activation("swish", name="act2"),
-            layers.Flatten(name="flatten"),
-        ]
-        if dropout > 0:
-            self.sequence.append(layers.Dropout(dropout, name="dropout"))
-        self.sequence.append(layers.Dense(num_classes, kernel_initializer=dense_initializer(), name="classifier"))
+        self.sequence = head_layers(num_classes, head_channels, dropout)
 
     @property
     def parts(self) -> list[layers.Layer]:
         return list(self.sequence)
 
     def call(self, inputs, training=None):
-        return _apply(self.sequence, inputs, training)
+        return apply_head(self.sequence, inputs, training)

@@ -14,10 +14,8 @@ standard deviation) in NHWC layout and returns logits. Its `.keras` file loads w
 
 from __future__ import annotations
 
-import keras
-
 from cream_tf.arch import HEAD_CHANNELS, Arch, block_specs
-from cream_tf.blocks import Block, Head
+from cream_tf.blocks import KERAS, KERAS_FUSED, LayerKit, apply_block, apply_head, block_layers, head_layers
 
 
 def drop_path_rates(arch: Arch) -> list[float]:
@@ -26,17 +24,20 @@ def drop_path_rates(arch: Arch) -> list[float]:
     return [arch.drop_path * i / count for i in range(count)]
 
 
-def build_child(arch: Arch, name: str = "cream", fused_bn: bool = False) -> keras.Model:
+def build_child(arch: Arch, name: str = "cream", fused_bn: bool = False, kit: LayerKit | None = None):
     """The network `arch` describes, with freshly initialized weights.
 
     fused_bn: BatchNorm as TensorFlow's fused op, which trains about a quarter faster on a CPU
       (the same variables, so weights copy one to one). Its layer class is ours, so models that
       are saved or exported keep the default, Keras' own BatchNormalization.
+    kit: whose layers (cream_tf.blocks.LayerKit); default Keras 3's. cream_tf.twin builds the
+      same network of tf_keras layers with it, for quantization-aware training.
     """
+    kit = kit or (KERAS_FUSED if fused_bn else KERAS)
     specs = block_specs(arch)
-    inputs = keras.Input((arch.input_size, arch.input_size, arch.in_channels), name="image")
-    x = Block(specs[0], fused_bn=fused_bn).call(inputs)
+    inputs = kit.layers.Input((arch.input_size, arch.input_size, arch.in_channels), name="image")
+    x = apply_block(block_layers(specs[0], kit), inputs, kit=kit)
     for spec, rate in zip(specs[1:], drop_path_rates(arch)):
-        x = Block(spec, drop_path=rate, fused_bn=fused_bn).call(x)
-    outputs = Head(arch.num_classes, HEAD_CHANNELS, arch.dropout).call(x)
-    return keras.Model(inputs, outputs, name=name)
+        x = apply_block(block_layers(spec, kit, drop_path=rate), x, kit=kit)
+    outputs = apply_head(head_layers(arch.num_classes, HEAD_CHANNELS, arch.dropout, kit), x, kit=kit)
+    return kit.model(inputs, outputs, name=name)

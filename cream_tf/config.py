@@ -289,10 +289,52 @@ class ExportConfig:
 
 
 @dataclasses.dataclass
+class QatConfig:
+    """Quantization-aware fine-tuning of an entry's float model (`--mode=qat`, cream_tf.qat).
+
+    The entry's network is rebuilt in tf_keras (TFMOT's QAT takes tf_keras models only), fake
+    quantization is inserted as TFLite's int8 kernels quantize, and the weights are fine-tuned
+    on the entry's training data for `steps` steps of SGD with Nesterov momentum, the learning
+    rate falling from `lr` to zero along a cosine. Calibration images and the evaluation split
+    are the export section's.
+    """
+
+    enabled: bool = False  # retrain: fine-tune the retrained entry with QAT into model_dir/entry_qat
+    steps: int = 300  # fine-tuning steps
+    lr: float = 0.001  # peak learning rate (a fine-tune: far below a retrain's)
+    momentum: float = 0.9
+    batch_size: int = 0  # images per step; 0 = the entry's data.batch_size
+    train_split: str = "train_full"  # of the entry's data
+    label_smoothing: float = 0.0
+    # BatchNorm statistics (and scale/offset) kept as trained: a short fine-tune in small batches
+    # would otherwise replace the statistics the float model was measured with.
+    freeze_batchnorm: bool = True
+    seed: int = 42
+    checkpoint_every_steps: int = 0  # mid-run checkpoints (0 = only at the end; SIGTERM/SIGINT always write one)
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad key as a config file spells it (qat.steps, ...)."""
+        try:
+            self._validate()
+        except ValueError as error:
+            raise ValueError(f"qat.{error}") from None
+
+    def _validate(self) -> None:
+        require(self, "steps", lambda v: v >= 1, "an integer >= 1 (fine-tuning steps)")
+        require(self, "lr", lambda v: v > 0, "a number > 0")
+        require(self, "momentum", lambda v: 0 <= v < 1, "a number in [0, 1)")
+        require(self, "batch_size", lambda v: v >= 0, "0 (the data's batch size) or more")
+        require(self, "train_split", lambda v: v in TRAIN_SPLITS, ", ".join(TRAIN_SPLITS))
+        require(self, "label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)")
+        require(self, "checkpoint_every_steps", lambda v: v >= 0, "0 (off) or more")
+
+
+@dataclasses.dataclass
 class RetrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: RecipeConfig = dataclasses.field(default_factory=RecipeConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    qat: QatConfig = dataclasses.field(default_factory=QatConfig)
 
     def validate(self) -> None:
         """Everything that can be checked before any data is read, with what would be valid."""
@@ -336,6 +378,9 @@ class RetrainConfig:
         for key in ("ema_decay", "label_smoothing", "rmsprop_rho"):
             require(self, f"train.{key}", lambda v: 0 <= v < 1, "a number in [0, 1)")
         require(self, "export.eval_batches", lambda v: v >= 0, "0 (the whole split) or more")
+        self.qat.validate()
+        if self.qat.enabled:
+            require(self, "export.enabled", bool, "true when qat.enabled (QAT fine-tunes the exported entry)")
 
 
 def from_dict(cls: type[T], data: dict | None, path: str = "") -> T:

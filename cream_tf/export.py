@@ -22,7 +22,7 @@ import tensorflow as tf
 import cream_tf
 from cream_tf import atomic, data, evaluate, tflite_metadata
 from cream_tf.arch import Arch
-from cream_tf.config import DataConfig, ExportConfig
+from cream_tf.config import DataConfig, ExportConfig, to_dict
 from cream_tf.flops import cost_of
 from cream_tf.folders import (
     KERAS_FILE,
@@ -60,13 +60,14 @@ def _converter_logs_held():
             os.close(stderr)
 
 
-def _convert(converter) -> bytes:
+def convert(converter) -> bytes:
+    """`converter.convert()`, its native log lines held (see _converter_logs_held)."""
     with _converter_logs_held():
         return converter.convert()
 
 
 def to_tflite_float(saved_model_dir: Path) -> bytes:
-    return _convert(tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir)))
+    return convert(tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir)))
 
 
 def to_tflite_int8(saved_model_dir: Path, calibration, input_type=tf.int8) -> bytes:
@@ -85,7 +86,7 @@ def to_tflite_int8(saved_model_dir: Path, calibration, input_type=tf.int8) -> by
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = input_type
     converter.inference_output_type = tf.int8
-    return _convert(converter)
+    return convert(converter)
 
 
 def with_pixel_input(model: keras.Model, mean, std) -> keras.Model:
@@ -252,6 +253,7 @@ def write_entry(
         if data_config is not None:
             evaluate.check_fits(evaluate.KerasPredictor(model), data_config)
             normalization = (preprocessing["mean"], preprocessing["std"])
+            metadata["data"] = to_dict(data_config)  # the data it was measured on, which --mode=qat trains on
             if export_config.int8:
                 count = min(export_config.calibration_images, data.num_examples(data_config, "train"))
                 calibration = data.sample_images(data_config, "train", count)

@@ -15,6 +15,7 @@ Layout of `model_dir` (written by the chief worker; names in cream_tf.folders):
     history.json          per epoch: loss, training top-1, learning rate, eval top-1, seconds
     tensorboard/          the same as scalars
     entry/                the zoo entry folder (unless output_dir is given)
+    qat/, entry_qat/      with qat.enabled: the QAT fine-tune's run and its entry (cream_tf.qat)
     retrain_result.json   figures per exported format, timings, where the entry is
 
 Training runs in `keras.Model.fit` (cream_tf.training) with `RecipeModel.train_step`.
@@ -40,7 +41,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from cream_tf import atomic, data, evaluate, export, folders, zoo
+from cream_tf import atomic, data, evaluate, export, folders, qat, zoo
 from cream_tf import config as config_lib
 from cream_tf.arch import Arch
 from cream_tf.childnet import build_child
@@ -173,7 +174,8 @@ class Retrainer(TrainingRun):
     """
 
     RESULT_FILE = folders.RETRAIN_RESULT_FILE
-    REPORTING_KEYS = TrainingRun.REPORTING_KEYS + ("export.", "train.eval_")
+    # What follows the training (export, the QAT fine-tune of the entry) may change on a resume.
+    REPORTING_KEYS = TrainingRun.REPORTING_KEYS + ("export.", "train.eval_", "qat.")
     SUMMED = ("loss", "ce", "correct")
 
     def __init__(
@@ -328,6 +330,11 @@ class Retrainer(TrainingRun):
             entry = self.write_entry()
             metadata = json.loads((entry / folders.METADATA_FILE).read_text())
             result.update(entry=str(entry), accuracy=metadata.get("accuracy"))
+            if self.config.qat.enabled:
+                quantized = qat.QatRun(
+                    self.config, entry, self.model_dir / "qat", self.model_dir / "entry_qat", overwrite=True
+                )
+                result["qat"] = quantized.run()
         else:
             result["accuracy"] = {"split": recipe.eval_split, "top1": {"keras": self.evaluate()}}
         return result

@@ -381,3 +381,19 @@ def test_divergence_stops_the_retrain_and_exports_nothing(tmp_path):
         trainer.run()
     assert not (tmp_path / "run" / "entry").exists() and not (tmp_path / "run" / "retrain_result.json").exists()
     assert not list((tmp_path / "run").glob("checkpoints/ckpt-*"))
+
+
+def test_qat_follows_the_retrain_when_enabled(tmp_path):
+    from cream_tf import qat
+
+    settings = {"train.steps_per_epoch": 2, "export.eval_batches": 1, "export.calibration_images": 16}
+    config = tiny_config(**settings, **{"qat.enabled": "true", "qat.steps": 2, "qat.batch_size": 16})
+    result = retrain.Retrainer(config, TINY, tmp_path).run()
+    entry = tmp_path / "entry_qat"
+    assert result["qat"]["entry"] == str(entry) and result["qat"]["steps"] == 2
+    meta = json.loads((entry / "metadata.json").read_text())
+    assert meta["quantization"]["method"] == "qat" and meta["data"]["name"] == "fashion_mnist"
+    assert qat.float_ops((entry / "model_int8.tflite").read_bytes()) == []
+    assert meta["accuracy"]["images"] == 32 and "tflite_int8_ptq" in meta["accuracy"]["top1"]
+    with pytest.raises(ValueError, match="export.enabled=False is not valid; valid: true when qat.enabled"):
+        tiny_config(**{"qat.enabled": "true", "export.enabled": "false"}).validate()

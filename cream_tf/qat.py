@@ -1,0 +1,346 @@
+"""`python main.py --mode=qat`: quantization-aware fine-tuning of an entry's float model, ending in an
+entry folder whose `model_int8.tflite` comes from the QAT model.
+
+TensorFlow Model Optimization (TFMOT) inserts fake quantization where TFLite's int8 kernels
+quantize: per-channel int8 convolution weights, and each activation after the op TFLite fuses it
+into (convolutions with their BatchNorm, the ReLU of the SE block). It works on tf_keras models, so
+the entry's network is rebuilt as its tf_keras twin (cream_tf.twin). Its default 8-bit scheme has
+no QuantizeConfig for `Multiply` (the SE gate) nor for the twin's hard sigmoid (`Activation` of
+relu6(x + 3), `Rescaling` by 1/6); `OutputQuantizeConfig` quantizes their outputs, and the SE
+expand conv keeps its output float (`KernelOnlyQuantizeConfig`), so the int8 graph is the one
+post-training quantization makes, which XNNPACK takes whole. Swish keeps
+TFMOT's own configuration (the output quantized), as do pooling, Add and Dense.
+
+The result is an entry folder (cream_tf.folders) holding the float files it started from, the
+QAT int8 file as model_int8.tflite, the post-training one (same calibration images) as
+model_int8_ptq.tflite for comparison, and metadata.json with the method, the steps and every
+format's top-1 on the same images. The run's model_dir holds checkpoints, TensorBoard and the
+config, as a retrain's does; a new run there resumes.
+
+Example (needs an entry written with data: a retrain's, or --mode=export with --config_file):
+
+    from cream_tf import qat
+    from cream_tf.config import RetrainConfig
+    result = qat.QatRun(RetrainConfig(), "runs/retrain/entry", "runs/qat", "runs/qat/entry").run()
+    result["accuracy"]["top1"]     # keras, tflite_float32, tflite_int8 (QAT), tflite_int8_ptq, qat_fake_quant
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras
+from tensorflow.lite.tools import flatbuffer_utils
+
+from cream_tf import atomic, data, evaluate, export, folders, twin
+from cream_tf.arch import Arch
+from cream_tf.config import DataConfig, RetrainConfig, from_dict
+from cream_tf.training import FitModel, Progress, TrainingRun
+
+quantize = tfmot.quantization.keras
+PTQ_FILE = "model_int8_ptq.tflite"
+TWIN_CHECK_IMAGES = 8  # test images on which the twin must give the float model's outputs
+
+
+class OutputQuantizeConfig(quantize.QuantizeConfig):
+    """Quantizes a layer's output only, 8-bit asymmetric with moving-average ranges: what TFLite
+    does after an int8 MUL or a composite activation (no weights, nothing fused before it)."""
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [
+            quantize.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
+        ]
+
+    def get_config(self):
+        return {}
+
+
+class KernelOnlyQuantizeConfig(OutputQuantizeConfig):
+    """Per-channel int8 kernel, output left to the next layer: the SE expand conv, whose output
+    enters the hard sigmoid. TFLite folds the sigmoid's + 3 into the conv's bias and its relu6
+    into the conv, as post-training quantization does; a fake quantization between them (TFMOT's
+    default) would keep a separate ADD that XNNPACK does not take, splitting the graph."""
+
+    def __init__(self):
+        self.quantizer = quantize.quantizers.LastValueQuantizer(
+            num_bits=8, per_axis=True, symmetric=True, narrow_range=True
+        )
+
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.kernel, self.quantizer)]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        (layer.kernel,) = quantize_weights
+
+    def get_output_quantizers(self, layer):
+        return []
+
+
+def _own_config(layer):
+    if isinstance(layer, tf_keras.layers.Multiply):
+        return OutputQuantizeConfig()
+    hard_sigmoid = isinstance(layer, tf_keras.layers.Activation) and layer.activation is twin.shifted_relu6
+    if hard_sigmoid or isinstance(layer, tf_keras.layers.Rescaling):
+        return OutputQuantizeConfig()
+    if isinstance(layer, tf_keras.layers.Conv2D) and layer.name.endswith("_se_conv_expand"):
+        return KernelOnlyQuantizeConfig()
+    return None
+
+
+def quantize_model(model: tf_keras.Model) -> tf_keras.Model:
+    """The QAT model of a twin: fake quantization as TFLite's int8 kernels quantize, same weights."""
+
+    def annotate(layer):
+        clone = layer.__class__.from_config(layer.get_config())
+        return quantize.quantize_annotate_layer(clone, _own_config(layer))
+
+    with quantize.quantize_scope(twin.CUSTOM_OBJECTS):
+        annotated = tf_keras.models.clone_model(model, clone_function=annotate)
+        annotated.set_weights(model.get_weights())
+    own = {"OutputQuantizeConfig": OutputQuantizeConfig, "KernelOnlyQuantizeConfig": KernelOnlyQuantizeConfig}
+    with quantize.quantize_scope({**twin.CUSTOM_OBJECTS, **own}):
+        return quantize.quantize_apply(annotated)
+
+
+_RANGE_VARIABLES = ("quantize_layer", "output", "post_activation")  # activation ranges; kernels' are set per step
+
+
+def calibrate_ranges(qat_model: tf_keras.Model, float_model: tf_keras.Model, images, batch_size: int = 16) -> None:
+    """Sets every activation range of `qat_model` to the min and max (0 included) the same tensor
+    of `float_model` (its twin) takes on `images`, as post-training calibration sets them.
+
+    TFMOT starts every range at [-6, 6] and moves it as an EMA of decay 0.999 per step: a few
+    hundred steps would keep ranges far from the tensors' (clipping BatchNorm outputs beyond 6,
+    wasting resolution on small ones). Started here, QAT begins where post-training quantization is.
+    """
+    pairs = []  # (min variable, max variable, tensor of the float model)
+    for layer in qat_model.layers:
+        found = {}
+        for weight in layer.weights:
+            kind, _, bound = weight.name.split("/")[-1].split(":")[0].rpartition("_")
+            if kind in _RANGE_VARIABLES and bound in ("min", "max"):
+                found.setdefault(kind, {})[bound] = weight
+        for bounds in found.values():
+            inner = getattr(layer, "layer", None)
+            tensor = float_model.input if inner is None else float_model.get_layer(inner.name).output
+            pairs.append((bounds["min"], bounds["max"], tensor))
+    probe = tf_keras.Model(float_model.input, [tensor for _, _, tensor in pairs])
+    low = np.full(len(pairs), np.inf)
+    high = np.full(len(pairs), -np.inf)
+    for start in range(0, len(images), batch_size):
+        outputs = probe(images[start : start + batch_size], training=False)
+        low = np.minimum(low, [float(tf.reduce_min(t)) for t in outputs])
+        high = np.maximum(high, [float(tf.reduce_max(t)) for t in outputs])
+    for (min_var, max_var, _), lo, hi in zip(pairs, low, high):
+        min_var.assign(min(lo, 0.0))
+        max_var.assign(max(hi, 0.0))
+
+
+def to_tflite_int8(qat_model: tf_keras.Model, calibration) -> bytes:
+    """The QAT model as a full-integer TFLite file, int8 input and output as cream_tf.export's.
+
+    The ranges are the QAT model's own (its fake-quantization ops); the converter still asks for
+    representative images when only int8 ops are allowed, and sets from them the ranges of the
+    few tensors no fake quantization covers (inside swish)."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return export.convert(converter)
+
+
+def graph_ops(tflite: bytes) -> list[tuple[str, list[str]]]:
+    """Every op of a TFLite file (as written, before any delegate) with the types of its tensors."""
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
+    ops = []
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            tensors = [i for i in [*op.inputs, *op.outputs] if i >= 0]
+            types = [flatbuffer_utils.type_to_name(graph.tensors[i].type) for i in tensors]
+            ops.append((flatbuffer_utils.opcode_to_name(model, op.opcodeIndex), types))
+    return ops
+
+
+def float_ops(tflite: bytes) -> list[str]:
+    """The ops that touch a tensor of a floating type: none in an all-int8 file."""
+    return [f"{name}{types}" for name, types in graph_ops(tflite) if any(t.startswith("FLOAT") for t in types)]
+
+
+def read_entry(path) -> tuple[dict, DataConfig]:
+    """An entry folder's metadata and the data it was measured on; ValueError for anything else."""
+    path = Path(path)
+    meta_file = path / folders.METADATA_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if not (path / folders.KERAS_FILE).is_file() or "architecture" not in meta:
+        raise ValueError(
+            f"--model={str(path)!r} is not a cream_tf entry folder (it needs {folders.KERAS_FILE} and a "
+            f"{folders.METADATA_FILE} with the architecture); valid is a folder that retrain or export wrote."
+        )
+    if "data" not in meta:
+        raise ValueError(
+            f"The entry {str(path)!r} has no data settings ('data' in {folders.METADATA_FILE}), so there is "
+            "nothing to fine-tune on; valid is an entry written with data: a retrain's, or --mode=export "
+            "with --config_file."
+        )
+    return meta, from_dict(DataConfig, meta["data"], "data")
+
+
+class QatStep(FitModel):
+    """One QAT step on the tf_keras model inside Keras 3's `fit` (the run skeleton's)."""
+
+    def __init__(self, model, optimizer, num_classes: int, label_smoothing: float):
+        super().__init__(name="qat")
+        self.model, self.qat_optimizer = model, optimizer
+        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+        self.built = True
+
+    def train_step(self, batch):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        targets = labels if labels.shape.rank == 2 else tf.one_hot(labels, self.num_classes)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            loss = tf.reduce_mean(
+                tf.keras.losses.categorical_crossentropy(
+                    targets, logits, from_logits=True, label_smoothing=self.label_smoothing
+                )
+            )
+        self.qat_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.argmax(targets, -1)), tf.float32))
+        return self.step_outputs({"loss": loss, "correct": correct})
+
+
+class QatRun(TrainingRun):
+    """QAT of the entry at `entry` in `model_dir` (resumed from its checkpoint), written to `output_dir`."""
+
+    RESULT_FILE = "qat_result.json"
+    REPORTING_KEYS = TrainingRun.REPORTING_KEYS + ("export.", "train.", "qat.enabled")
+    SUMMED = ("loss", "correct")
+
+    def __init__(self, config: RetrainConfig, entry, model_dir, output_dir, *, overwrite: bool = False):
+        config.qat.validate()
+        self.entry, self.output_dir, self.overwrite = Path(entry), Path(output_dir), overwrite
+        self.metadata, data_config = read_entry(entry)
+        atomic.check_folder(self.output_dir, "output_dir")
+        if self.output_dir.exists() and not overwrite:
+            raise ValueError(f"Output folder {str(output_dir)!r} already exists; choose a new one or pass --overwrite.")
+        self.qat_config = qat = config.qat
+        self.config = RetrainConfig(data=data_config, export=config.export, qat=qat)  # what config.yaml records
+        self.data_config = data_config
+        batch = qat.batch_size or data_config.batch_size
+        super().__init__(
+            model_dir,
+            tf.distribute.get_strategy(),  # one process, one device: tf_keras models stay outside Keras 3's strategies
+            seed=qat.seed,
+            deterministic=False,
+            data_config=dataclasses.replace(data_config, batch_size=batch),
+            split=qat.train_split,
+            steps_per_epoch=qat.steps,
+            epochs=1,
+            checkpoint_every_steps=qat.checkpoint_every_steps,
+        )
+        self.arch = Arch.from_json(self.metadata["architecture"])
+        self.float_model = keras.models.load_model(self.entry / folders.KERAS_FILE, compile=False)
+        check_images = data.sample_images(data_config, "test", TWIN_CHECK_IMAGES)
+        float_twin = twin.twin_of(self.float_model, self.arch, check_images)
+        count = min(config.export.calibration_images, data.num_examples(data_config, "train"))
+        self.calibration = data.sample_images(data_config, "train", count)
+        self.model = quantize_model(float_twin)
+        calibrate_ranges(self.model, float_twin, self.calibration)  # a resumed run restores its own
+        if qat.freeze_batchnorm:
+            for layer in self.model.layers:
+                inner = getattr(layer, "layer", layer)
+                if isinstance(inner, tf_keras.layers.BatchNormalization):
+                    inner.trainable = False  # tf_keras: a frozen BatchNorm also runs on its moving statistics
+        schedule = tf_keras.optimizers.schedules.CosineDecay(qat.lr, qat.steps)
+        self.optimizer = tf_keras.optimizers.SGD(schedule, momentum=qat.momentum, nesterov=True)
+        self.optimizer.build(self.model.trainable_variables)
+        self.trainer = QatStep(self.model, self.optimizer, self.arch.num_classes, qat.label_smoothing)
+        self.trainer.compile(jit_compile=False)
+
+    def checkpoint_variables(self) -> dict[str, list]:
+        return {"model": self.model.weights, "optimizer": self.optimizer.variables}
+
+    def callbacks(self):
+        batch = self.data_config.batch_size
+        return [Progress(self, lambda logs: [("loss", logs["loss"]), ("top1", 100.0 * logs["correct"] / batch)])]
+
+    def end_epoch(self, logs: dict) -> None:
+        steps, batch = self.steps_per_epoch, self.data_config.batch_size
+        self.scalars(
+            steps,
+            {"qat/loss": self.sums["loss"] / steps, "qat/train_top1": 100 * self.sums["correct"] / (steps * batch)},
+        )
+
+    def finish(self) -> dict:
+        export_config, data_config = self.config.export, self.config.data
+        calibration, count = self.calibration, len(self.calibration)
+        qat_file = to_tflite_int8(self.model, calibration)
+        left = float_ops(qat_file)
+        if left:
+            raise RuntimeError(f"The QAT model converted with float ops left: {left[:5]}; nothing was written.")
+        metadata = {k: v for k, v in self.metadata.items() if k not in ("accuracy", "tflite_int8")}
+        with atomic.staged_folder(self.output_dir, overwrite=self.overwrite) as staging:
+            for name in (folders.KERAS_FILE, folders.TFLITE_FLOAT_FILE, folders.LABELS_FILE):
+                if (self.entry / name).is_file():
+                    shutil.copy2(self.entry / name, staging / name)
+            shutil.copytree(self.entry / folders.SAVED_MODEL_DIR, staging / folders.SAVED_MODEL_DIR)
+            ptq = export.to_tflite_int8(staging / folders.SAVED_MODEL_DIR, calibration)
+            atomic.write_bytes(staging / PTQ_FILE, ptq)
+            atomic.write_bytes(staging / folders.TFLITE_INT8_FILE, qat_file)
+            normalization = (metadata["preprocessing"]["mean"], metadata["preprocessing"]["std"])
+            int8 = export.int8_metadata(staging / folders.TFLITE_INT8_FILE, "train", count, normalization)
+            int8["scheme"] = (
+                "quantization-aware training with TFMOT, then full-integer conversion (int8 weights and activations)"
+            )
+            files = {**metadata["files"], "tflite_int8": folders.TFLITE_INT8_FILE, "tflite_int8_ptq": PTQ_FILE}
+            accuracy = export.measure_formats(
+                staging, files, data_config, export_config.eval_split, export_config.eval_batches, normalization
+            )
+            fake = evaluate.evaluate(
+                evaluate.KerasPredictor(self.model, "qat_fake_quant"),
+                data_config,
+                export_config.eval_split,
+                export_config.eval_batches,
+            )
+            accuracy["top1"]["qat_fake_quant"], accuracy["top5"]["qat_fake_quant"] = fake["top1"], fake["top5"]
+            metadata.update(
+                files=files,
+                tflite_int8=int8,
+                quantization={
+                    "method": "qat",
+                    "steps": self.steps_per_epoch,
+                    "from_entry": str(self.entry),
+                    "model_dir": str(self.model_dir),
+                    "settings": vars(self.qat_config),
+                    "ptq_file": PTQ_FILE,
+                },
+                accuracy=accuracy,
+            )
+            labels = metadata.get("labels")
+            metadata["tflite_metadata"] = export.add_tflite_metadata(
+                staging, metadata, self.float_model.name, self.arch, labels
+            )
+            atomic.write_json(staging / folders.METADATA_FILE, metadata)
+        return {"entry": str(self.output_dir), "steps": self.steps_per_epoch, "accuracy": accuracy}

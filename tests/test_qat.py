@@ -1,0 +1,241 @@
+"""Specification of quantization-aware training (cream_tf.twin, cream_tf.qat): the tf_keras twin
+computes what the Keras 3 child net computes on the same weights; QAT ends in an all-int8 TFLite
+file that gives the QAT model's fake-quantized outputs.
+
+Tiny networks at 32x32 and a few steps, so this runs in about a minute on two cores.
+"""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from cream_tf import evaluate, export, qat, twin
+from cream_tf.arch import Arch
+from cream_tf.childnet import build_child
+from cream_tf.config import DataConfig, ExportConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Every block kind: a strided stem (padding layer), ds and ir blocks with SE, residual ir blocks
+# (stage 2 has two), dropout in the head.
+TINY = Arch.parse("[0][0,2][0][0][0]@32;in=3;classes=10;stem=16/1;dropout=0.2")
+
+
+def randomized(model, seed=0):
+    """`model` with every weight moved off its initial value, BatchNorm statistics included
+    (fresh ones, mean 0 and variance 1, would hide a wrong epsilon or a swapped mean)."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for weight in model.weights:
+        shape, path = tuple(weight.shape), weight.path
+        if "moving_variance" in path:
+            values.append(rng.uniform(0.5, 2.0, shape))
+        elif "moving_mean" in path:
+            values.append(rng.normal(0.0, 0.5, shape))
+        elif "gamma" in path:
+            values.append(rng.uniform(0.5, 1.5, shape))
+        else:
+            values.append(np.asarray(weight) + rng.normal(0.0, 0.05, shape))
+    model.set_weights([v.astype("float32") for v in values])
+    return model
+
+
+@pytest.fixture(scope="module")
+def child():
+    model = randomized(build_child(TINY))
+    images = np.random.default_rng(1).normal(size=(8, 32, 32, 3)).astype("float32")
+    return model, images
+
+
+def test_the_twin_is_the_same_network_in_tf_keras(child):
+    model, images = child
+    copy = twin.twin_of(model, TINY, images)
+    assert isinstance(copy, tf_keras.Model)
+    # The same layers under the same names; the twin's hard sigmoid is two layers (cream_tf.twin).
+    extra = [layer.name for layer in copy.layers if layer.name not in {m.name for m in model.layers}]
+    assert extra and all(name.endswith("_se_gate_relu6") for name in extra)
+    assert [layer.name for layer in copy.layers if layer.name not in extra] == [layer.name for layer in model.layers]
+    assert twin.max_difference(model, copy, images) <= 1e-5
+    assert np.abs(np.asarray(model(images, training=False))).max() > 0.1  # not a trivially small output
+
+
+def test_weights_copy_back_by_layer_name(child):
+    model, images = child
+    fresh = build_child(TINY)
+    twin.copy_weights(twin.twin_of(model, TINY, images), fresh)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), fresh.get_weights()))
+
+
+def test_the_check_catches_tf_keras_own_hard_sigmoid(child):
+    """tf_keras' 'hard_sigmoid' is not relu6(x + 3) / 6: a twin built with it must fail the check."""
+    model, images = child
+    gate = lambda name: [tf_keras.layers.Activation("hard_sigmoid", name=name)]
+    wrong = build_child(TINY, kit=dataclasses.replace(twin.TF_KERAS, hard_sigmoid=gate))
+    twin.copy_weights(model, wrong)
+    assert twin.max_difference(model, wrong, images) > 1e-3
+
+
+def test_a_twin_of_another_architecture_is_refused(child):
+    model, _ = child
+    with pytest.raises(ValueError, match="are not the same network: layers only in the first"):
+        twin.copy_weights(model, twin.build_twin(Arch.parse("[0][0][0][0][0]@32;in=3;classes=10;stem=16/1")))
+
+
+@pytest.fixture(scope="module")
+def quantized(child, tmp_path_factory):
+    """The child's QAT model, ranges calibrated, after four SGD steps; and its TFLite file."""
+    model, images = child
+    rng = np.random.default_rng(2)
+    inputs = rng.normal(size=(64, 32, 32, 3)).astype("float32")
+    labels = np.asarray(model(inputs, training=False)).argmax(-1)
+    float_twin = twin.twin_of(model, TINY, images)
+    qat_model = qat.quantize_model(float_twin)
+    qat.calibrate_ranges(qat_model, float_twin, inputs)
+    qat_model.compile(optimizer=tf_keras.optimizers.SGD(1e-3), loss=tf_keras.losses.SparseCategoricalCrossentropy(True))
+    tf_keras.utils.set_random_seed(0)  # the same four steps on every run: the tolerances below are measured
+    qat_model.fit(inputs, labels, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    path = tmp_path_factory.mktemp("qat") / "model_int8.tflite"
+    path.write_bytes(qat.to_tflite_int8(qat_model, inputs[:16]))
+    return qat_model, path, inputs
+
+
+def test_the_qat_model_fake_quantizes_the_se_gate_and_hard_sigmoid(quantized):
+    qat_model = quantized[0]
+    for name in ("blocks_1_0_se_mul", "blocks_1_0_se_gate_relu6", "blocks_1_0_se_gate", "blocks_1_0_act1"):
+        wrapper = qat_model.get_layer(f"quant_{name}")
+        assert {w.name.split("/")[-1] for w in wrapper.weights} >= {"output_min:0", "output_max:0"}, name
+
+
+def test_qat_converts_to_an_all_int8_tflite_file(quantized):
+    """Every op of the file as written (before XNNPACK takes it) reads and writes int8 tensors,
+    int32 only for biases and shapes; no float tensor anywhere, input and output included."""
+    content = quantized[1].read_bytes()
+    ops = qat.graph_ops(content)
+    assert {name for name, _ in ops} >= {"CONV_2D", "DEPTHWISE_CONV_2D", "MUL", "ADD", "MEAN", "FULLY_CONNECTED"}
+    assert qat.float_ops(content) == []
+    assert {t for _, types in ops for t in types} == {"INT8", "INT32"}
+    assert "QUANTIZE" not in {name for name, _ in ops} and "DEQUANTIZE" not in {name for name, _ in ops}
+    # XNNPACK takes the whole graph as one partition (a node it refused would split it).
+    interpreter = evaluate.TFLitePredictor(quantized[1]).interpreter
+    assert [op["op_name"] for op in interpreter._get_ops_details()].count("DELEGATE") == 1
+
+
+def test_the_float_op_check_sees_float_ops(child, tmp_path):
+    from cream_tf import export as exporter
+
+    model, _ = child
+    model.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    assert qat.float_ops(exporter.to_tflite_float(tmp_path / "saved"))
+
+
+def test_tflite_int8_gives_the_qat_models_fake_quantized_outputs(quantized):
+    """Within 8 quanta of the output's int8 scale at worst and 1.5 on average (measured: 6 and
+    1.2). They cannot agree exactly: TFLite folds BatchNorm into the kernel and quantizes the
+    folded kernel, where QAT quantizes the kernel and applies BatchNorm in float; TFMOT leaves
+    the SE reduce conv's kernel float (its Conv+ReLU transform drops that layer's config), TFLite
+    quantizes it; inside swish TFLite rounds LOGISTIC's output to 1/256, which QAT keeps in float;
+    and TFLite rescales in fixed point. Each costs up to a quantum where it happens, and ~20
+    layers pass them on."""
+    qat_model, path, inputs = quantized
+    predict = evaluate.TFLitePredictor(path)
+    got, expected = predict(inputs), qat_model(inputs, training=False).numpy()
+    quantum = predict.output["quantization"][0]
+    difference = np.abs(got - expected) / quantum
+    assert difference.max() <= 8 and difference.mean() <= 1.5, (difference.max(), difference.mean())
+    assert np.mean(got.argmax(-1) == expected.argmax(-1)) >= 0.95
+
+
+def write_folder_dataset(root: Path, classes=3, per_class=(24, 8), size=32):
+    """Images whose class is their dominant colour channel, noisy, so a net learns them fast."""
+    rng = np.random.default_rng(0)
+    for split, count in zip(("train", "val"), per_class):
+        for label in range(classes):
+            folder = root / split / f"class_{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image = rng.integers(0, 120, (size, size, 3))
+                image[..., label] += 120
+                (folder / f"{i}.png").write_bytes(tf.io.encode_png(image.astype(np.uint8)).numpy())
+
+
+@pytest.fixture(scope="module")
+def folder_entry(tmp_path_factory):
+    """A tiny net's entry folder exported with a folder dataset's settings (no PTQ file: QAT makes one)."""
+    root = tmp_path_factory.mktemp("qat_cli")
+    write_folder_dataset(root / "images")
+    config = DataConfig(name="folder", data_dir=str(root / "images"), image_size=32, channels=3, num_classes=3)
+    config = dataclasses.replace(config, batch_size=8, validation_size=0, augment="none")
+    arch = Arch.parse("[0][0][0][0][0]@32;in=3;classes=3;stem=8/2")
+    export.write_entry(
+        build_child(arch),
+        arch,
+        root / "entry",
+        weights_source="random",
+        preprocessing={"input_size": 32},
+        data_config=config,
+        export_config=ExportConfig(int8=False, calibration_images=16),
+    )
+    return root
+
+
+def _main(*args):
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_cli_qat_writes_an_entry_with_every_formats_accuracy(folder_entry):
+    root = folder_entry
+    override = "qat.steps=3,export.calibration_images=16,export.eval_split=test"
+    result = _main(
+        "--mode=qat",
+        f"--model={root / 'entry'}",
+        f"--output_dir={root / 'qat_entry'}",
+        f"--model_dir={root / 'run'}",
+        f"--params_override={override}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    entry = root / "qat_entry"
+    meta = json.loads((entry / "metadata.json").read_text())
+    assert meta["quantization"]["method"] == "qat" and meta["quantization"]["steps"] == 3
+    assert set(meta["accuracy"]["top1"]) == {
+        "keras",
+        "tflite_float32",
+        "tflite_int8",
+        "tflite_int8_ptq",
+        "qat_fake_quant",
+    }
+    assert meta["accuracy"]["images"] == 24
+    assert qat.float_ops((entry / "model_int8.tflite").read_bytes()) == []
+    assert (entry / "model.keras").read_bytes() == (root / "entry" / "model.keras").read_bytes()
+    assert meta["tflite_int8"]["input"]["dtype"] == "int8" and meta["tflite_int8"]["output"]["dtype"] == "int8"
+    assert list((root / "run" / "checkpoints").glob("ckpt-*.index")) and (root / "run" / "tensorboard").is_dir()
+    assert "tflite_int8" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--params_override=qat.steps=0"], "qat.steps=0 is not valid; valid: an integer >= 1"),
+        (["--model=zoo"], "'zoo' is not a cream_tf entry folder"),
+        (["--model=NO_DATA"], "has no data settings ('data' in metadata.json)"),
+    ],
+)
+def test_cli_qat_refuses_bad_input_before_work(folder_entry, args, message, tmp_path):
+    root = folder_entry
+    if "--model=NO_DATA" in args:
+        meta = json.loads((root / "entry" / "metadata.json").read_text())
+        meta.pop("data")
+        (tmp_path / "bare").mkdir()
+        (tmp_path / "bare" / "model.keras").write_bytes((root / "entry" / "model.keras").read_bytes())
+        (tmp_path / "bare" / "metadata.json").write_text(json.dumps(meta))
+        args = [f"--model={tmp_path / 'bare'}"]
+    model = [] if any(a.startswith("--model=") for a in args) else [f"--model={root / 'entry'}"]
+    result = _main("--mode=qat", *model, *args, f"--output_dir={tmp_path / 'out'}", f"--model_dir={tmp_path / 'run'}")
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
