@@ -289,7 +289,7 @@ class ExportConfig:
 
 
 @dataclasses.dataclass
-class QatConfig:
+class QatConfig(Checkpointing):
     """Quantization-aware fine-tuning of an entry's float model (`--mode=qat`, cream_tf.qat).
 
     The entry's network is rebuilt in tf_keras (TFMOT's QAT takes tf_keras models only), fake
@@ -310,7 +310,6 @@ class QatConfig:
     # would otherwise replace the statistics the float model was measured with.
     freeze_batchnorm: bool = True
     seed: int = 42
-    checkpoint_every_steps: int = 0  # mid-run checkpoints (0 = only at the end; SIGTERM/SIGINT always write one)
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad key as a config file spells it (qat.steps, ...)."""
@@ -326,7 +325,8 @@ class QatConfig:
         require(self, "batch_size", lambda v: v >= 0, "0 (the data's batch size) or more")
         require(self, "train_split", lambda v: v in TRAIN_SPLITS, ", ".join(TRAIN_SPLITS))
         require(self, "label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)")
-        require(self, "checkpoint_every_steps", lambda v: v >= 0, "0 (off) or more")
+        for key in Checkpointing.KEYS:
+            require(self, key, lambda v: v >= 0, "0 (off) or more")
 
 
 @dataclasses.dataclass

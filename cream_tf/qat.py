@@ -258,7 +258,7 @@ class QatRun(TrainingRun):
             split=qat.train_split,
             steps_per_epoch=qat.steps,
             epochs=1,
-            checkpoint_every_steps=qat.checkpoint_every_steps,
+            checkpointing=qat,
         )
         self.arch = Arch.from_json(self.metadata["architecture"])
         self.float_model = keras.models.load_model(self.entry / folders.KERAS_FILE, compile=False)

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from cream_tf import evaluate, export, qat, twin
+from cream_tf import data, evaluate, export, qat, twin
 from cream_tf.arch import Arch
 from cream_tf.childnet import build_child
 from cream_tf.config import DataConfig, ExportConfig
@@ -178,7 +178,7 @@ def folder_entry(tmp_path_factory):
         arch,
         root / "entry",
         weights_source="random",
-        preprocessing={"input_size": 32},
+        preprocessing=data.preprocessing_metadata(config),
         data_config=config,
         export_config=ExportConfig(int8=False, calibration_images=16),
     )
