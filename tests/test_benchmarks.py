@@ -18,7 +18,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # Every benchmark script; files named _*.py are helper modules the scripts import.
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
 # Studies take hours and run on their own, not from run_all.sh; each has its own smoke test below.
-STUDIES = ["search_dynamics.py", "search_quality.py", "trace_scaling.py"]
+# int8_latency.py times the files of an entry --mode=qat wrote, so it runs after a QAT run.
+STUDIES = ["int8_latency.py", "search_dynamics.py", "search_quality.py", "trace_scaling.py"]
 TIMINGS = [script for script in SCRIPTS if script not in STUDIES]
 HELPERS = sorted(p.name for p in BENCHMARKS.glob("_*.py"))
 
@@ -124,6 +125,12 @@ def test_inference_latency_smoke():
     assert len(differences) == 2 and max(differences) < 1e-3, output
 
 
+def test_int8_latency_smoke():
+    rows = table_with(run_smoke("int8_latency.py"), "QAT speed / PTQ")
+    assert [row["threads"] for row in rows] == ["1"]
+    positive(rows[0]["int8 PTQ"]), positive(rows[0]["int8 QAT"]), ratio(rows[0]["QAT speed / PTQ"])
+
+
 def test_hardware_peak_smoke():
     output = run_smoke("hardware_peak.py")
     assert "G multiply-adds/s per core" in output and "assumed" in output
@@ -134,7 +141,7 @@ def test_hardware_peak_smoke():
 
 
 # Columns that hold a measured ratio; their cells must read like '1.23x' in every script's tables.
-RATIO_COLUMNS = ("ratio to plain", "ours / PyTorch", "speed vs ONNX Runtime", "speed-up")
+RATIO_COLUMNS = ("ratio to plain", "ours / PyTorch", "speed vs ONNX Runtime", "speed-up", "QAT speed / PTQ")
 # Columns of text (names, targets) rather than figures.
 TEXT_COLUMNS = ("step", "net", "input", "runtime", "comparison", "target")
 
