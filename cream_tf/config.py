@@ -541,5 +541,9 @@ def _field_comments(cls) -> dict[str, str]:
     return comments
 
 
+def to_yaml(config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
 def save(config, path) -> None:
-    atomic.write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+    atomic.write_text(path, to_yaml(config))

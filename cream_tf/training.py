@@ -281,7 +281,7 @@ class TrainingRun:
             key: value if isinstance(value, (bool, int, float, str)) else str(value) for key, value in flat.items()
         }
         with self.writer.as_default(step=0):
-            text = (self.model_dir / folders.CONFIG_FILE).read_text()
+            text = config_lib.to_yaml(self.config)  # what config.yaml holds
             tf.summary.text("config", "".join(f"    {line}\n" for line in text.splitlines()))  # markdown code
             hparams.hparams(values, trial_id=str(self.model_dir))
 
