@@ -290,7 +290,8 @@ class Retrainer(TrainingRun):
             row[f"{recipe.eval_split}_top1"] = self.evaluate()
         row["seconds"] = round(time.time() - self.epoch_began, 1)
         self.history.append(row)
-        logging.info("Epoch %d: %s", self.epoch, row)
+        figures = ", ".join(f"{key} {value:.4g}" for key, value in row.items() if key not in ("epoch", "seconds"))
+        logging.info("epoch %d/%d done: %s (%.1f s)", self.epoch, self.epochs, figures, row["seconds"])
         self.scalars(self.epoch, {f"epoch/{key}": value for key, value in row.items() if key != "epoch"})
         if self.is_chief:
             atomic.write_json(self.model_dir / folders.HISTORY_FILE, self.history)
