@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cream_tf import data, folders
+from cream_tf import data, folders, native_logs
 from cream_tf.config import DataConfig
 
 QUANTIZED_DTYPES = (np.int8, np.uint8)
@@ -56,8 +56,9 @@ class TFLitePredictor:
         from ai_edge_litert.interpreter import Interpreter
 
         self.source = str(path)
-        self.interpreter = Interpreter(model_path=self.source, num_threads=os.cpu_count() or 1)
-        self.interpreter.allocate_tensors()
+        with native_logs.held():  # the XNNPACK delegate's INFO line
+            self.interpreter = Interpreter(model_path=self.source, num_threads=os.cpu_count() or 1)
+            self.interpreter.allocate_tensors()
         (self.input,) = self.interpreter.get_input_details()
         (self.output,) = self.interpreter.get_output_details()
         self.input_shape = tuple(int(d) for d in self.input["shape"][1:])

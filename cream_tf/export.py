@@ -9,10 +9,7 @@ failed export leaves nothing half-written behind.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import keras
 import tensorflow as tf
 
 import cream_tf
-from cream_tf import atomic, data, evaluate, tflite_metadata
+from cream_tf import atomic, data, evaluate, native_logs, tflite_metadata
 from cream_tf.arch import Arch
 from cream_tf.config import DataConfig, ExportConfig, to_dict
 from cream_tf.flops import cost_of
@@ -34,35 +31,9 @@ from cream_tf.folders import (
 )
 
 
-@contextlib.contextmanager
-def _converter_logs_held():
-    """The TFLite converter's C++ code logs through absl before absl::InitializeLog, which
-    writes every line to stderr whatever TF_CPP_MIN_LOG_LEVEL says ("Ignored output_format",
-    "MLIR V1 optimization pass is not enabled"). Where that level asks for quiet (2 or more,
-    as main.py sets without --verbose), stderr is held in a temporary file while converting
-    and shown only if the conversion fails."""
-    if int(os.environ.get("TF_CPP_MIN_LOG_LEVEL") or 0) < 2:
-        yield
-        return
-    sys.stderr.flush()
-    stderr = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(stderr, 2)
-            held.seek(0)
-            sys.stderr.write(held.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(stderr, 2)
-            os.close(stderr)
-
-
 def convert(converter) -> bytes:
-    """`converter.convert()`, its native log lines held (see _converter_logs_held)."""
-    with _converter_logs_held():
+    """`converter.convert()`, its native log lines held (cream_tf.native_logs)."""
+    with native_logs.held():
         return converter.convert()
 
 

@@ -340,6 +340,7 @@ def test_cli_eval_prints_the_figures(trained):
     )
     assert result.returncode == 0, result.stderr
     assert "(tflite_int8) on test, 32 images: top-1" in result.stdout
+    assert "XNNPACK" not in result.stderr, result.stderr  # LiteRT's native INFO line is held (native_logs)
 
 
 def test_mixed_precision_trains_in_float16_and_exports_float32(tmp_path, monkeypatch):

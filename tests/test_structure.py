@@ -14,7 +14,14 @@ PACKAGE = REPO / "cream_tf"
 
 # The pipeline, lowest layer first: a module may import only from layers below its own.
 LAYERS = [
-    ["cream_tf", "cream_tf.atomic", "cream_tf.arch", "cream_tf.launch", "cream_tf.tflite_metadata"],
+    [
+        "cream_tf",
+        "cream_tf.atomic",
+        "cream_tf.arch",
+        "cream_tf.launch",
+        "cream_tf.tflite_metadata",
+        "cream_tf.native_logs",
+    ],
     ["cream_tf.config", "cream_tf.flops", "cream_tf.blocks"],
     [
         "cream_tf.childnet",
