@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _common import alternate, machine, speedup, table
 
-FILES = {"int8 PTQ": "model_int8_ptq.tflite", "int8 QAT": "model_int8.tflite"}
+FILES = {"int8 PTQ": "model_int8_ptq.tflite", "int8 QAT": "model_int8.tflite"}  # cream_tf.folders' names
 
 
 def smoke_entry(folder: Path) -> Path:

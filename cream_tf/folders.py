@@ -6,7 +6,9 @@ A zoo entry folder (cream_tf.export writes it):
     model.keras            opens with keras.models.load_model, no cream_tf needed
     saved_model/           for TF Serving and tf.saved_model.load (signature 'serve')
     model_float32.tflite   for ai_edge_litert / TFLite on device
-    model_int8.tflite      with data: full-integer post-training quantization
+    model_int8.tflite      with data: full-integer post-training quantization (--mode=qat: the QAT model's)
+    model_int8_ptq.tflite  --mode=qat: the post-training file, for comparison
+    labels.txt             the class names, one per line, where known
     metadata.json          architecture, input and preprocessing, FLOPs, parameters, weights source
 
 A run's model_dir (search or retrain) holds config.yaml, checkpoints/ (ckpt-N, each holding the
@@ -34,6 +36,7 @@ KERAS_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
 TFLITE_FLOAT_FILE = "model_float32.tflite"
 TFLITE_INT8_FILE = "model_int8.tflite"
+TFLITE_INT8_PTQ_FILE = "model_int8_ptq.tflite"  # a QAT entry's post-training file, for comparison
 METADATA_FILE = "metadata.json"
 LABELS_FILE = "labels.txt"  # one class name per line, in label order
 

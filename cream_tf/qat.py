@@ -45,7 +45,6 @@ from cream_tf.config import DataConfig, RetrainConfig, from_dict
 from cream_tf.training import FitModel, Progress, TrainingRun
 
 quantize = tfmot.quantization.keras
-PTQ_FILE = "model_int8_ptq.tflite"
 TWIN_CHECK_IMAGES = 8  # test images on which the twin must give the float model's outputs
 
 
@@ -307,14 +306,18 @@ class QatRun(TrainingRun):
                     shutil.copy2(self.entry / name, staging / name)
             shutil.copytree(self.entry / folders.SAVED_MODEL_DIR, staging / folders.SAVED_MODEL_DIR)
             ptq = export.to_tflite_int8(staging / folders.SAVED_MODEL_DIR, calibration)
-            atomic.write_bytes(staging / PTQ_FILE, ptq)
+            atomic.write_bytes(staging / folders.TFLITE_INT8_PTQ_FILE, ptq)
             atomic.write_bytes(staging / folders.TFLITE_INT8_FILE, qat_file)
             normalization = (metadata["preprocessing"]["mean"], metadata["preprocessing"]["std"])
             int8 = export.int8_metadata(staging / folders.TFLITE_INT8_FILE, "train", count, normalization)
             int8["scheme"] = (
                 "quantization-aware training with TFMOT, then full-integer conversion (int8 weights and activations)"
             )
-            files = {**metadata["files"], "tflite_int8": folders.TFLITE_INT8_FILE, "tflite_int8_ptq": PTQ_FILE}
+            files = {
+                **metadata["files"],
+                "tflite_int8": folders.TFLITE_INT8_FILE,
+                "tflite_int8_ptq": folders.TFLITE_INT8_PTQ_FILE,
+            }
             accuracy = export.measure_formats(
                 staging, files, data_config, export_config.eval_split, export_config.eval_batches, normalization
             )
@@ -334,7 +337,7 @@ class QatRun(TrainingRun):
                     "from_entry": str(self.entry),
                     "model_dir": str(self.model_dir),
                     "settings": vars(self.qat_config),
-                    "ptq_file": PTQ_FILE,
+                    "ptq_file": folders.TFLITE_INT8_PTQ_FILE,
                 },
                 accuracy=accuracy,
             )
