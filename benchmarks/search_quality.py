@@ -322,7 +322,7 @@ def main():
     args = parser.parse_args()
     args.methods = args.methods.split(",")
     if args.smoke:
-        args.seeds, args.paths, args.random, args.repeats, args.standalone_steps = 1, 4, 2, 1, 3
+        args.seeds, args.paths, args.random, args.repeats, args.standalone_steps = 1, 4, 1, 1, 3
     args.out = args.out or (
         tempfile.mkdtemp(prefix="search-quality-smoke-") if args.smoke else os.path.join(REPO, "runs", "search_quality")
     )

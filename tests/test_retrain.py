@@ -170,20 +170,20 @@ def test_int8_file_with_the_normalization_folded_in_takes_raw_uint8_pixels(train
     model = keras.models.load_model(entry / "model.keras", compile=False)
     model.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(data.load(trainer.config.data, "train", training=False, repeat=True), steps_per_epoch=300, verbose=0)
-    config = tiny_config(**{"export.eval_batches": 1})
-    entries = {}
-    for takes in ("normalized", "pixels"):
-        config.export.int8_input = takes
-        entries[takes] = export.write_entry(
-            model,
-            TINY,
-            tmp_path / takes,
-            weights_source="test",
-            preprocessing=data.preprocessing_metadata(config.data),
-            data_config=config.data,
-            export_config=config.export,
-        )
-    pixels_entry = entries["pixels"]
+    config = tiny_config(**{"export.eval_batches": 1, "export.int8_input": "pixels"})
+    pixels_entry = export.write_entry(
+        model,
+        TINY,
+        tmp_path / "pixels",
+        weights_source="test",
+        preprocessing=data.preprocessing_metadata(config.data),
+        data_config=config.data,
+        export_config=config.export,
+    )
+    # The normalized int8 file of the same model, calibrated on the same images as write_entry's.
+    calibration = data.sample_images(config.data, "train", config.export.calibration_images)
+    model.export(str(tmp_path / "saved_model"), format="tf_saved_model", verbose=False)
+    (tmp_path / "normalized.tflite").write_bytes(export.to_tflite_int8(tmp_path / "saved_model", calibration))
     meta = json.loads((pixels_entry / "metadata.json").read_text())
     assert meta["tflite_int8"]["takes"] == "pixels" and "raw pixels 0..255" in meta["tflite_int8"]["usage"]
     assert meta["tflite_int8"]["input"] == {"dtype": "uint8", "scale": 1.0, "zero_point": 0}  # pixels exactly
@@ -204,7 +204,7 @@ def test_int8_file_with_the_normalization_folded_in_takes_raw_uint8_pixels(train
     interpreter.set_tensor(input_detail["index"], raw)
     interpreter.invoke()
     from_pixels = interpreter.get_tensor(output_detail["index"]).argmax(-1)
-    from_normalized = evaluate.TFLitePredictor(entries["normalized"] / "model_int8.tflite")(images.numpy()).argmax(-1)
+    from_normalized = evaluate.TFLitePredictor(tmp_path / "normalized.tflite")(images.numpy()).argmax(-1)
     labels = np.asarray(labels)
     # Two int8 files calibrated apart round differently on images near a decision boundary (this
     # 8-channel net's int8 logits are ~0.25 off its float ones): the D images where they disagree
@@ -387,7 +387,9 @@ def test_divergence_stops_the_retrain_and_exports_nothing(tmp_path):
 def test_qat_follows_the_retrain_when_enabled(tmp_path):
     from cream_tf import qat
 
+    # export.int8 off: the QAT entry makes its own post-training file.
     settings = {"train.steps_per_epoch": 2, "export.eval_batches": 1, "export.calibration_images": 16}
+    settings["export.int8"] = "false"
     config = tiny_config(**settings, **{"qat.enabled": "true", "qat.steps": 2, "qat.batch_size": 16})
     result = retrain.Retrainer(config, TINY, tmp_path).run()
     entry = tmp_path / "entry_qat"
