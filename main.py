@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
@@ -345,8 +346,6 @@ def _quiet_tensorflow() -> None:
     from cream_tf.launch import local_accelerators
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if local_accelerators() else "3")
-    import logging
-
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     # TensorFlow's checkpoint code logs "Sharding callback duration" at INFO through absl's
     # logger, which also carries cream_tf's own INFO lines: drop only other libraries' INFO.
@@ -357,8 +356,6 @@ _OUR_CODE = (os.path.dirname(os.path.abspath(cream_tf.__file__)) + os.sep, os.pa
 
 
 def _only_our_info(record) -> bool:
-    import logging
-
     return record.levelno >= logging.WARNING or os.path.abspath(record.pathname).startswith(_OUR_CODE)
 
 
