@@ -79,12 +79,14 @@ class LayerKit:
     batch_norm: the BatchNormalization class (the supernet trains with `FusedBatchNormalization`).
     hard_sigmoid: name -> the layers computing relu6(x + 3) / 6, the last one named `name`
       (tf_keras' own 'hard_sigmoid' is another function).
+    swish: name -> the layer computing x * sigmoid(x).
     """
 
     layers: Any
     model: type
     batch_norm: type
     hard_sigmoid: Callable[[str], list]
+    swish: Callable[[str], Any]
 
     @property
     def takes_training(self) -> tuple[type, ...]:
@@ -93,7 +95,11 @@ class LayerKit:
 
 
 KERAS = LayerKit(
-    layers, keras.Model, layers.BatchNormalization, lambda name: [layers.Activation("hard_sigmoid", name=name)]
+    layers,
+    keras.Model,
+    layers.BatchNormalization,
+    hard_sigmoid=lambda name: [layers.Activation("hard_sigmoid", name=name)],
+    swish=lambda name: layers.Activation("swish", name=name),
 )
 KERAS_FUSED = dataclasses.replace(KERAS, batch_norm=FusedBatchNormalization)
 
@@ -129,13 +135,14 @@ def block_layers(spec: BlockSpec, kit: LayerKit = KERAS, drop_path: float = 0.0)
     )
     dwconv = lambda kernel, stride, name: _padded(kit, True, kernel, stride, name, use_bias=False)
     bn = lambda name: kit.batch_norm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
-    swish = lambda suffix: L.Activation("swish", name=f"{p}_{suffix}")
+    swish = lambda suffix: kit.swish(f"{p}_{suffix}")
 
     def squeeze_excite(channels, reduced):
         return [
             L.GlobalAveragePooling2D(keepdims=True, name=f"{p}_se_pool"),
-            L.Conv2D(reduced, 1, kernel_initializer=conv_initializer(), name=f"{p}_se_conv_reduce"),
-            L.ReLU(name=f"{p}_se_relu"),
+            # The ReLU inside the conv, as TFLite fuses it: TFMOT's QAT then quantizes this kernel
+            # (a Conv2D followed by a ReLU layer gets no quantization at all there).
+            L.Conv2D(reduced, 1, activation="relu", kernel_initializer=conv_initializer(), name=f"{p}_se_conv_reduce"),
             L.Conv2D(channels, 1, kernel_initializer=conv_initializer(), name=f"{p}_se_conv_expand"),
             *kit.hard_sigmoid(f"{p}_se_gate"),
         ]
@@ -218,7 +225,7 @@ def head_layers(num_classes: int, head_channels: int, dropout: float, kit: Layer
     sequence = [
         L.GlobalAveragePooling2D(keepdims=True, name="global_pool"),
         L.Conv2D(head_channels, 1, use_bias=True, kernel_initializer=conv_initializer(), name="conv_head"),
-        L.Activation("swish", name="act2"),
+        kit.swish("act2"),
         L.Flatten(name="flatten"),
     ]
     if dropout > 0:

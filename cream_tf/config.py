@@ -308,6 +308,8 @@ class QatConfig(Checkpointing):
     batch_size: int = 0  # images per step; 0 = the entry's data.batch_size
     train_split: str = "train_full"  # of the entry's data
     label_smoothing: float = 0.1  # as the retrain recipe: a fine-tune keeps the objective it was trained on
+    # Weight of the float model's softmax in each image's target (the rest: its smoothed label).
+    distill: float = 1.0
     # BatchNorm statistics (and scale/offset) kept as trained: a short fine-tune in small batches
     # would otherwise replace the statistics the float model was measured with.
     freeze_batchnorm: bool = True
@@ -327,6 +329,7 @@ class QatConfig(Checkpointing):
         require(self, "batch_size", lambda v: v >= 0, "0 (the data's batch size) or more")
         require(self, "train_split", lambda v: v in TRAIN_SPLITS, ", ".join(TRAIN_SPLITS))
         require(self, "label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)")
+        require(self, "distill", lambda v: 0 <= v <= 1, "a number in [0, 1]")
         for key in Checkpointing.KEYS:
             require(self, key, lambda v: v >= 0, "0 (off) or more")
 

@@ -3,13 +3,13 @@ entry folder whose `model_int8.tflite` comes from the QAT model.
 
 TensorFlow Model Optimization (TFMOT) inserts fake quantization where TFLite's int8 kernels
 quantize: per-channel int8 convolution weights, and each activation after the op TFLite fuses it
-into (convolutions with their BatchNorm, the ReLU of the SE block). It works on tf_keras models, so
-the entry's network is rebuilt as its tf_keras twin (cream_tf.twin). Its default 8-bit scheme has
-no QuantizeConfig for `Multiply` (the SE gate) nor for the twin's hard sigmoid (`Activation` of
-relu6(x + 3), `Rescaling` by 1/6); `OutputQuantizeConfig` quantizes their outputs, and the SE
-expand conv keeps its output float (`KernelOnlyQuantizeConfig`), so the int8 graph is the one
-post-training quantization makes, which XNNPACK takes whole. Swish keeps
-TFMOT's own configuration (the output quantized), as do pooling, Add and Dense.
+into (convolutions with their BatchNorm, the SE reduce conv with its ReLU). It works on tf_keras
+models, so the entry's network is rebuilt as its tf_keras twin (cream_tf.twin). Its default 8-bit
+scheme has no QuantizeConfig for `Multiply` (the SE gate), the twin's hard sigmoid (`Activation`
+of relu6(x + 3), `Rescaling` by 1/6) nor its `Swish`; `OutputQuantizeConfig` quantizes their
+outputs, each `Swish` also rounds its sigmoid as TFLite's LOGISTIC does, and the SE expand conv
+keeps its output float (`KernelOnlyQuantizeConfig`), so the int8 graph is the one post-training
+quantization makes, which XNNPACK takes whole. Pooling, Add and Dense keep TFMOT's own configs.
 
 The result is an entry folder (cream_tf.folders) holding the float files it started from, the
 QAT int8 file as model_int8.tflite, the post-training one (same calibration images) as
@@ -95,7 +95,7 @@ class KernelOnlyQuantizeConfig(OutputQuantizeConfig):
 
 
 def _own_config(layer):
-    if isinstance(layer, tf_keras.layers.Multiply):
+    if isinstance(layer, (tf_keras.layers.Multiply, twin.Swish)):
         return OutputQuantizeConfig()
     hard_sigmoid = isinstance(layer, tf_keras.layers.Activation) and layer.activation is twin.shifted_relu6
     if hard_sigmoid or isinstance(layer, tf_keras.layers.Rescaling):
@@ -109,7 +109,10 @@ def quantize_model(model: tf_keras.Model) -> tf_keras.Model:
     """The QAT model of a twin: fake quantization as TFLite's int8 kernels quantize, same weights."""
 
     def annotate(layer):
-        clone = layer.__class__.from_config(layer.get_config())
+        config = layer.get_config()
+        if isinstance(layer, twin.Swish):
+            config["rounded_gate"] = True
+        clone = layer.__class__.from_config(config)
         return quantize.quantize_annotate_layer(clone, _own_config(layer))
 
     with quantize.quantize_scope(twin.CUSTOM_OBJECTS):
@@ -158,8 +161,7 @@ def to_tflite_int8(qat_model: tf_keras.Model, calibration) -> bytes:
     """The QAT model as a full-integer TFLite file, int8 input and output as cream_tf.export's.
 
     The ranges are the QAT model's own (its fake-quantization ops); the converter still asks for
-    representative images when only int8 ops are allowed, and sets from them the ranges of the
-    few tensors no fake quantization covers (inside swish)."""
+    representative images when only int8 ops are allowed."""
     converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([image[None]] for image in calibration)
@@ -206,27 +208,31 @@ def read_entry(path) -> tuple[dict, DataConfig]:
 
 
 class QatStep(FitModel):
-    """One QAT step on the tf_keras model inside Keras 3's `fit` (the run skeleton's)."""
+    """One QAT step on the tf_keras model inside Keras 3's `fit` (the run skeleton's).
 
-    def __init__(self, model, optimizer, num_classes: int, label_smoothing: float):
+    The target of each image mixes the float model's softmax (weight `distill`) with its smoothed
+    label: what the fine-tune should keep is the float model's function, which its labels alone
+    only approximate."""
+
+    def __init__(self, model, teacher, optimizer, num_classes: int, label_smoothing: float, distill: float):
         super().__init__(name="qat")
-        self.model, self.qat_optimizer = model, optimizer
-        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+        self.model, self.teacher, self.qat_optimizer = model, teacher, optimizer
+        self.num_classes, self.label_smoothing, self.distill = num_classes, label_smoothing, distill
         self.built = True
 
     def train_step(self, batch):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(batch)
-        targets = labels if labels.shape.rank == 2 else tf.one_hot(labels, self.num_classes)
+        labels = labels if labels.shape.rank == 2 else tf.one_hot(labels, self.num_classes)
+        smoothed = labels * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
+        targets = (1 - self.distill) * smoothed
+        if self.distill:
+            targets += self.distill * tf.nn.softmax(self.teacher(images, training=False))
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
-            loss = tf.reduce_mean(
-                tf.keras.losses.categorical_crossentropy(
-                    targets, logits, from_logits=True, label_smoothing=self.label_smoothing
-                )
-            )
+            loss = tf.reduce_mean(tf.keras.losses.categorical_crossentropy(targets, logits, from_logits=True))
         self.qat_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.argmax(targets, -1)), tf.float32))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1)), tf.float32))
         return self.step_outputs({"loss": loss, "correct": correct})
 
 
@@ -275,7 +281,9 @@ class QatRun(TrainingRun):
         schedule = tf_keras.optimizers.schedules.CosineDecay(qat.lr, qat.steps)
         self.optimizer = tf_keras.optimizers.SGD(schedule, momentum=qat.momentum, nesterov=True)
         self.optimizer.build(self.model.trainable_variables)
-        self.trainer = QatStep(self.model, self.optimizer, self.arch.num_classes, qat.label_smoothing)
+        self.trainer = QatStep(
+            self.model, float_twin, self.optimizer, self.arch.num_classes, qat.label_smoothing, qat.distill
+        )
         self.trainer.compile(jit_compile=False)
 
     def checkpoint_variables(self) -> dict[str, list]:

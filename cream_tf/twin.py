@@ -2,10 +2,11 @@
 tf_keras layers, because tensorflow-model-optimization's quantization-aware training works on
 tf_keras models only.
 
-Both come from the one builder (`cream_tf.childnet.build_child` over a `LayerKit`). The one
-difference is how the SE gate's hard sigmoid is written: tf_keras' 'hard_sigmoid' activation is
+Both come from the one builder (`cream_tf.childnet.build_child` over a `LayerKit`). Two layers
+are written differently. The SE gate's hard sigmoid: tf_keras' 'hard_sigmoid' activation is
 another function (0.2 x + 0.5, clipped), so the twin's gate computes Keras 3's relu6(x + 3) / 6
-as an `Activation` of `shifted_relu6` and a `Rescaling` by 1/6. Weights move between the two by layer name.
+as an `Activation` of `shifted_relu6` and a `Rescaling` by 1/6. Swish: a `Swish` layer that QAT
+can switch to round its sigmoid as TFLite's int8 file does. Weights move between the two by layer name.
 """
 
 from __future__ import annotations
@@ -33,9 +34,31 @@ def _hard_sigmoid(name: str) -> list:
     ]
 
 
-TF_KERAS = LayerKit(tf_keras.layers, tf_keras.Model, tf_keras.layers.BatchNormalization, _hard_sigmoid)
+class Swish(tf_keras.layers.Layer):
+    """x * sigmoid(x), Keras' 'swish'. With `rounded_gate`, the sigmoid's output is first rounded to
+    a multiple of 1/256 in [0, 255/256], as TFLite's int8 LOGISTIC writes it (its output
+    quantization is fixed: scale 1/256, zero point -128), so quantization-aware training sees the
+    int8 file's rounding; the gradient passes through the rounding unchanged."""
+
+    def __init__(self, rounded_gate: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.rounded_gate = rounded_gate
+
+    def call(self, x):
+        gate = tf.sigmoid(x)
+        if self.rounded_gate:
+            gate = tf.quantization.fake_quant_with_min_max_args(gate, min=0.0, max=255 / 256, num_bits=8)
+        return x * gate
+
+    def get_config(self):
+        return {**super().get_config(), "rounded_gate": self.rounded_gate}
+
+
+TF_KERAS = LayerKit(
+    tf_keras.layers, tf_keras.Model, tf_keras.layers.BatchNormalization, _hard_sigmoid, lambda name: Swish(name=name)
+)
 # What tf_keras needs to rebuild a twin from its config (TFMOT clones the model that way).
-CUSTOM_OBJECTS = {"shifted_relu6": shifted_relu6}
+CUSTOM_OBJECTS = {"shifted_relu6": shifted_relu6, "Swish": Swish}
 
 
 def build_twin(arch: Arch, name: str = "cream") -> tf_keras.Model:
