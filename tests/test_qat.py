@@ -160,6 +160,27 @@ def test_tflite_int8_gives_the_qat_models_fake_quantized_outputs(quantized):
     assert np.mean(got.argmax(-1) == expected.argmax(-1)) >= 0.95
 
 
+@pytest.mark.parametrize("distill", [0.0, 0.7, 1.0])
+def test_the_qat_step_learns_the_float_models_softmax_and_the_smoothed_labels(child, distill):
+    """The loss of a step is the cross-entropy from distill x the teacher's softmax plus
+    (1 - distill) x the label smoothed by 0.1 (closed form in NumPy); learning rate 0, so the
+    student the step saw is the one measured here."""
+    model, images = child
+    teacher = twin.twin_of(model, TINY, images)
+    student = twin.build_twin(Arch.parse(str(TINY).replace("dropout=0.2", "dropout=0")))  # no dropout: the same pass twice
+    labels = np.arange(len(images)) % 10
+    step = qat.QatStep(student, teacher, tf_keras.optimizers.SGD(0.0), 10, label_smoothing=0.1, distill=distill)
+    loss = float(step.train_step((tf.constant(images), tf.constant(labels)))["loss"])
+    softmax = lambda z: (
+        np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)
+    )
+    smoothed = np.eye(10)[labels] * 0.9 + 0.01
+    target = distill * softmax(teacher(images, training=False).numpy()) + (1 - distill) * smoothed
+    logits = student(images, training=True).numpy()  # BatchNorm on the batch, as in the step
+    expected = -(target * np.log(softmax(logits))).sum(-1).mean()
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
 def write_folder_dataset(root: Path, classes=3, per_class=(24, 8), size=32):
     """Images whose class is their dominant colour channel, noisy, so a net learns them fast."""
     rng = np.random.default_rng(0)
