@@ -1,10 +1,12 @@
 """Batch-1 latency of an entry's two int8 TFLite files, post-training (PTQ) and QAT, with its
-recorded top-1 of every format.
+recorded top-1 of every format and how often each int8 file predicts the float model's class.
 
 `--mode=qat` writes both files into its entry (`model_int8_ptq.tflite`, `model_int8.tflite`),
 calibrated on the same images. They should run equally fast: the same ops on int8 tensors, as
 XNNPACK runs them. The two files alternate call by call (cream_tf's `alternate`), so a change of
-machine load hits both alike; figures are medians over `--rounds` rounds.
+machine load hits both alike; figures are medians over `--rounds` rounds. The agreement count
+(test images on which a file's argmax is `model.keras`'s) is a closer measure of what quantization
+changed than a difference of top-1, which nets out images gained and lost.
 
     .venv/bin/python benchmarks/int8_latency.py --entry runs/retrain/entry_qat --threads 1,2 --rounds 9
     .venv/bin/python benchmarks/int8_latency.py --smoke    # a tiny net's PTQ file on both sides
@@ -33,12 +35,40 @@ def smoke_entry(folder: Path) -> Path:
     from cream_tf.config import DataConfig
 
     model = build_child(Arch.parse("[0][0][0][0][0]@28;in=1;classes=10;stem=8/1"))
+    model.save(folder / "model.keras")
     model.export(str(folder / "saved_model"), format="tf_saved_model", verbose=False)
     calibration = data.sample_images(DataConfig(), "train", 8)
     int8 = export.to_tflite_int8(folder / "saved_model", calibration)
     for file in FILES.values():
         (folder / file).write_bytes(int8)
     return folder
+
+
+def agreement(entry: Path, max_batches: int) -> list[tuple]:
+    """(file, images, top-1 %, images where it predicts the float model's class) on the test split
+    of the entry's data (metadata.json; Fashion-MNIST when it has none)."""
+    import numpy as np
+
+    from cream_tf import data, evaluate
+    from cream_tf.config import DataConfig, from_dict
+
+    metadata_file = entry / "metadata.json"
+    settings = json.loads(metadata_file.read_text()).get("data") if metadata_file.is_file() else None
+    config = from_dict(DataConfig, settings, "data") if settings else DataConfig()
+    predictors = {"float (model.keras)": evaluate.predictor(entry / "model.keras")}
+    predictors.update({name: evaluate.predictor(entry / file) for name, file in FILES.items()})
+    classes, labels = {name: [] for name in predictors}, []
+    for i, (images, batch_labels) in enumerate(data.load(config, "test", training=False)):
+        if max_batches and i >= max_batches:
+            break
+        labels.append(np.asarray(batch_labels))
+        for name, predict in predictors.items():
+            classes[name].append(predict(images.numpy()).argmax(-1))
+    labels, float_classes = np.concatenate(labels), np.concatenate(classes["float (model.keras)"])
+    return [
+        (name, len(labels), f"{100 * np.mean(c == labels):.2f}", int(np.sum(c == float_classes)))
+        for name, c in ((name, np.concatenate(found)) for name, found in classes.items())
+    ]
 
 
 def runner(path: Path, threads: int):
@@ -64,13 +94,15 @@ def main():
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per file and round")
-    parser.add_argument("--smoke", action="store_true", help="a tiny net, 1 thread, 2 rounds x 5 calls")
+    parser.add_argument("--batches", type=int, default=0, help="test batches for the agreement count; 0 = all")
+    parser.add_argument("--smoke", action="store_true", help="a tiny net, 1 thread, 2 rounds x 5 calls, 1 batch")
     args = parser.parse_args()
     if args.smoke:
         args.entry, args.threads, args.rounds, args.repeats = smoke_entry(Path(tempfile.mkdtemp())), "1", 2, 5
+        args.batches = 1
     if args.entry is None:
         parser.error("--entry=FOLDER (written by --mode=qat) or --smoke is required")
-    missing = [file for file in FILES.values() if not (args.entry / file).is_file()]
+    missing = [file for file in ("model.keras", *FILES.values()) if not (args.entry / file).is_file()]
     if missing:
         parser.error(f"{args.entry} lacks {', '.join(missing)}; valid is an entry folder --mode=qat wrote")
 
@@ -83,6 +115,10 @@ def main():
             table(["format", "top-1 %", "top-5 %"], [(k, v, accuracy["top5"][k]) for k, v in accuracy["top1"].items()])
         )
         print()
+    rows = agreement(args.entry, args.batches)
+    print(f"Test images on which each file predicts the float model's class ({rows[0][1]} images):\n")
+    print(table(["file", "images", "top-1 %", "same class as float"], rows))
+    print()
     rows = []
     for threads in (int(t) for t in args.threads.split(",")):
         sides = {name: runner(args.entry / file, threads) for name, file in FILES.items()}

@@ -140,9 +140,16 @@ def test_inference_latency_smoke():
 
 
 def test_int8_latency_smoke():
-    rows = table_with(run_smoke("int8_latency.py"), "QAT speed / PTQ")
+    output = run_smoke("int8_latency.py")
+    rows = table_with(output, "QAT speed / PTQ")
     assert [row["threads"] for row in rows] == ["1"]
     positive(rows[0]["int8 PTQ"]), positive(rows[0]["int8 QAT"]), ratio(rows[0]["QAT speed / PTQ"])
+    agreement = {row["file"]: row for row in table_with(output, "same class as float")}
+    assert set(agreement) == {"float (model.keras)", "int8 PTQ", "int8 QAT"}
+    images = int(agreement["float (model.keras)"]["images"])
+    assert images >= 1 and int(agreement["float (model.keras)"]["same class as float"]) == images
+    # The smoke run writes the same PTQ file under both names: the two agree with float alike.
+    assert agreement["int8 PTQ"]["same class as float"] == agreement["int8 QAT"]["same class as float"]
 
 
 def test_hardware_peak_smoke():
