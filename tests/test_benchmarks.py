@@ -230,6 +230,8 @@ def test_search_dynamics_smoke_compares_inits_and_sees_the_meta_network_move():
     assert 0 < float(row["m mean"]) < 1, row
 
 
+# Its processes take 4-8 GB: never beside the other tests that start such processes (conftest).
+@pytest.mark.xdist_group("big_processes")
 def test_trace_scaling_smoke_measures_one_replica_and_two_workers():
     rows = table_with(run_smoke("trace_scaling.py"), "graph ops")
     assert [(row["processes"], row["replicas"]) for row in rows] == [("1", "1"), ("2", "2")]

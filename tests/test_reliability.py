@@ -28,6 +28,8 @@ def _worker(config, model_dir, fault):
     )
 
 
+# Its processes take 4-8 GB: never beside the other tests that start such processes (conftest).
+@pytest.mark.xdist_group("big_processes")
 def test_a_search_killed_anywhere_resumes_to_the_same_end(tmp_path):
     """Real processes: one ended by SIGKILL mid-epoch (after a step checkpoint), one by SIGTERM
     mid-epoch, whose own checkpoint is then torn (its index cut short, as a crash mid-write leaves

@@ -341,6 +341,8 @@ def mirrored(tmp_path_factory):
     return dict(np.load(out))
 
 
+# Its processes take 4-8 GB: never beside the other tests that start such processes (conftest).
+@pytest.mark.xdist_group("big_processes")
 def test_mirrored_step_on_two_devices_equals_one_device(mirrored):
     weights = {name: value for name, value in mirrored.items() if name.startswith(("one/", "two/"))}
     assert "needs at least 8 images per replica" in str(mirrored["slice_error"])
@@ -358,6 +360,8 @@ def test_mirrored_step_on_two_devices_equals_one_device(mirrored):
                 np.testing.assert_allclose(one, two, atol=atol, err_msg=f"step {step}: {name}")
 
 
+# Its processes take 4-8 GB: never beside the other tests that start such processes (conftest).
+@pytest.mark.xdist_group("big_processes")
 def test_two_local_workers_end_with_equal_weights_and_trace_one_replica_each(tmp_path, mirrored):
     """`main.py --local_workers=2`'s launcher: each worker traces one replica's graph (MirroredStrategy
     traces the step once per replica in one process), and they train the same weights."""
