@@ -51,6 +51,7 @@ def randomized(model, seed=0):
 
 @pytest.fixture(scope="module")
 def child():
+    keras.utils.set_random_seed(0)  # the same weights whatever ran before in this process
     model = randomized(build_child(TINY))
     images = np.random.default_rng(1).normal(size=(8, 32, 32, 3)).astype("float32")
     return model, images
@@ -147,18 +148,19 @@ def test_the_float_op_check_sees_float_ops(child, tmp_path):
 
 
 def test_tflite_int8_gives_the_qat_models_fake_quantized_outputs(quantized):
-    """Within 6 quanta of the output's int8 scale at worst and 1.2 on average (measured: 4 and
-    0.9; before the SE reduce kernel and swish's sigmoid were quantized in QAT, 6 and 1.2). They
-    cannot agree exactly: TFLite folds BatchNorm into the kernel and quantizes the folded kernel,
-    where QAT quantizes the kernel and applies BatchNorm in float (the same per-channel grid, but
-    rounded at another point), and TFLite rescales in fixed point. Each costs up to a quantum where
-    it happens, and ~20 layers pass them on."""
+    """Within 8 quanta of the output's int8 scale at worst and 1.6 on average. Measured on these
+    weights (seed 0): 4 and 0.98; over seeds 0-5: worst 3 to 7, mean 0.81 to 1.50 (before the SE
+    reduce kernel and swish's sigmoid were quantized in QAT: 3 to 7, 0.83 to 1.55). They cannot
+    agree exactly: TFLite folds BatchNorm into the kernel and quantizes the folded kernel, where
+    QAT quantizes the kernel and applies BatchNorm in float (the same per-channel grid, rounded at
+    another point), and TFLite rescales in fixed point. Each costs up to a quantum where it
+    happens, and ~20 layers pass them on."""
     qat_model, path, inputs = quantized
     predict = evaluate.TFLitePredictor(path)
     got, expected = predict(inputs), qat_model(inputs, training=False).numpy()
     quantum = predict.output["quantization"][0]
     difference = np.abs(got - expected) / quantum
-    assert difference.max() <= 6 and difference.mean() <= 1.2, (difference.max(), difference.mean())
+    assert difference.max() <= 8 and difference.mean() <= 1.6, (difference.max(), difference.mean())
     assert np.mean(got.argmax(-1) == expected.argmax(-1)) >= 0.95
 
 
