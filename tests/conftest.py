@@ -1,5 +1,3 @@
-import ctypes
-import gc
 import os
 import sys
 
@@ -34,7 +32,7 @@ def pytest_collection_modifyitems(items):
         names += [
             f"{item.module.__name__}.{n}"
             for n in item.fixturenames
-            if not n.startswith("_") and definitions.get(n, [None])[-1] and definitions[n][-1].scope == "module"
+            if definitions.get(n, [None])[-1] and definitions[n][-1].scope == "module"
         ]
         shared[item] = names
         for name in names[1:]:
@@ -43,18 +41,3 @@ def pytest_collection_modifyitems(items):
         if names:
             item.own_markers = [mark for mark in item.own_markers if mark.name != "xdist_group"]
             item.add_marker(pytest.mark.xdist_group(root(names[0])))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _free_memory_after_each_module():
-    """Hands Keras' global state and the heap TensorFlow freed back after each test module: a
-    pytest-xdist process otherwise grows over the modules it runs (to 8 GB each, two of them beside
-    test subprocesses of 3-7 GB on a 24 GB machine)."""
-    yield
-    keras = sys.modules.get("keras")
-    if keras is not None:
-        keras.backend.clear_session()
-    if "tf_keras" in sys.modules:
-        sys.modules["tf_keras"].backend.clear_session()
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
