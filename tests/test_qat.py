@@ -284,6 +284,26 @@ def test_a_qat_run_stopped_mid_way_resumes_where_it_stopped(folder_entry, tmp_pa
     assert ranges and any(not np.array_equal(v.numpy(), value) for v, value in ranges)
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_batchnorm_keeps_or_retrains_the_statistics(folder_entry, tmp_path, freeze):
+    """qat.freeze_batchnorm: true keeps every BatchNorm's statistics, scale and offset as the float
+    model had them; false trains them (its moving statistics follow the fine-tune's batches)."""
+    config = RetrainConfig(export=ExportConfig(calibration_images=16), qat=QatConfig(steps=2, freeze_batchnorm=freeze))
+    run = qat.QatRun(config, folder_entry / "entry", tmp_path / "run", tmp_path / "entry_qat")
+    norms = [
+        layer.layer
+        for layer in run.model.layers
+        if isinstance(getattr(layer, "layer", None), tf_keras.layers.BatchNormalization)
+    ]
+    before = [[w.numpy() for w in bn.weights] for bn in norms]
+    assert norms and all(bn.trainable != freeze for bn in norms)
+    assert run.train()
+    changed = [
+        not np.array_equal(w.numpy(), old) for bn, olds in zip(norms, before) for w, old in zip(bn.weights, olds)
+    ]
+    assert (not any(changed)) if freeze else any(changed)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
