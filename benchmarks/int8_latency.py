@@ -17,7 +17,9 @@ Prints Markdown tables and the machine it ran on.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -98,7 +100,9 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="a tiny net, 1 thread, 2 rounds x 5 calls, 1 batch")
     args = parser.parse_args()
     if args.smoke:
-        args.entry, args.threads, args.rounds, args.repeats = smoke_entry(Path(tempfile.mkdtemp())), "1", 2, 5
+        folder = tempfile.mkdtemp(prefix="int8-latency-smoke-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        args.entry, args.threads, args.rounds, args.repeats = smoke_entry(Path(folder)), "1", 2, 5
         args.batches = 1
     if args.entry is None:
         parser.error("--entry=FOLDER (written by --mode=qat) or --smoke is required")

@@ -23,9 +23,11 @@ supernet in training resumes from its own checkpoint, so a stopped study continu
 from __future__ import annotations
 
 import argparse
+import atexit
 import itertools
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -323,9 +325,10 @@ def main():
     args.methods = args.methods.split(",")
     if args.smoke:
         args.seeds, args.paths, args.random, args.repeats, args.standalone_steps = 1, 4, 1, 1, 3
-    args.out = args.out or (
-        tempfile.mkdtemp(prefix="search-quality-smoke-") if args.smoke else os.path.join(REPO, "runs", "search_quality")
-    )
+    if not args.out and args.smoke:
+        args.out = tempfile.mkdtemp(prefix="search-quality-smoke-")
+        atexit.register(shutil.rmtree, args.out, ignore_errors=True)  # 250 MB of supernets per smoke run
+    args.out = args.out or os.path.join(REPO, "runs", "search_quality")
     tf.get_logger().setLevel("ERROR")
     Study(args).run()
 
