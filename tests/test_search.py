@@ -260,8 +260,8 @@ def test_teacher_is_the_best_scoring_entry_and_m_is_its_sigmoid(trainer):
     for _ in range(3):
         kernel = trainer.meta.dense.kernel
         kernel.assign(rng.normal(size=kernel.shape).astype("float32"))
-        scores, _ = trainer.score_board(path)
-        index, m = trainer.select_teacher(path)
+        scores, features = trainer.score_board(path)
+        index, m = trainer.select_teacher(features)
         assert int(index) == int(np.argmax(scores.numpy()))
         np.testing.assert_allclose(float(m), 1 / (1 + np.exp(-scores.numpy()[int(index)])), rtol=1e-6)
     # Entries' scores are their own: one stored images' forward each (here: recomputed one by one).
@@ -281,11 +281,11 @@ def test_meta_gradient_matches_nested_tapes_and_finite_differences(trainer):
     for v in meta_vars:
         v.assign(rng.normal(scale=0.3, size=v.shape).astype("float32"))
     lr = tf.constant(0.5)
-    closed, index, m, _ = trainer.meta_gradient(images, labels, path, lr)
+    features = trainer.board_features(path)
+    closed, index, m, _ = trainer.meta_gradient(images, labels, path, lr, features)
 
     s = trainer.cream.slice
     variables = trainer.path_optimizer.variables
-    _, features = trainer.score_board(path)
     teacher = trainer.teacher_probs(images[:s], trainer.board_paths[index])
 
     def validation_loss():

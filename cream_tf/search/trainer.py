@@ -126,28 +126,38 @@ class CreamTrainer(FitModel):
         self.board_paths.assign(paths)
         self.board_count.assign(len(board))
 
-    def score_board(self, path):
-        """Meta scores of every board entry for the student `path` and their input features.
+    def board_features(self, path):
+        """The meta network's input for every board entry and the student `path`: the
+        difference of their softmax outputs on the entry's stored images, [entries, slice * classes].
 
-        One batched forward of all entries' images, in inference mode, so an entry's score
-        does not depend on which other entries (or empty slots) share the batch.
+        One batched forward of all entries' images, in inference mode, so an entry's features
+        do not depend on which other entries (or empty slots) share the batch.
         """
         size, s = self.cream.board_size, self.cream.slice
         images = tf.reshape(self.board_images, (size * s, *self.board_images.shape[2:]))
         probs = tf.nn.softmax(self.supernet(images, path, training=False))
-        features = tf.reshape(probs - tf.reshape(self.board_probs, (size * s, -1)), (size, -1))
-        scores = self.meta(tf.stop_gradient(features))
-        filled = tf.range(size) < self.board_count
-        return tf.where(filled, scores, tf.fill([size], -np.inf)), tf.stop_gradient(features)
+        return tf.stop_gradient(tf.reshape(probs - tf.reshape(self.board_probs, (size * s, -1)), (size, -1)))
 
-    def select_teacher(self, path):
-        """(teacher index, matching value m): the best-scoring entry and sigmoid of ITS score.
+    def board_scores(self, features):
+        """Meta scores of the board entries from their features; -inf for empty slots."""
+        size = self.cream.board_size
+        filled = tf.range(size) < self.board_count
+        return tf.where(filled, self.meta(features), tf.fill([size], -np.inf))
+
+    def score_board(self, path):
+        """(meta scores, features) of every board entry for the student `path`."""
+        features = self.board_features(path)
+        return self.board_scores(features), features
+
+    def select_teacher(self, features):
+        """(teacher index, matching value m) from the entries' features: the best-scoring entry
+        and sigmoid of ITS score.
 
         (The official code takes the score of the last entry examined, negated; see the README.)
         """
         if self.cream.pick_method == "top1":
             return tf.constant(0), tf.constant(0.5)  # the board is kept sorted, best first
-        scores, _ = self.score_board(path)
+        scores = self.board_scores(features)
         index = tf.argmax(scores, output_type=tf.int32)
         return index, tf.sigmoid(scores[index])
 
@@ -164,19 +174,30 @@ class CreamTrainer(FitModel):
         self.traces += 1
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         path, lr = self.step_path.value, self.step_lr.value
-        meta = {}
-        if self.cream.pick_method == "meta":  # on the weights before this step's update, as the official order
-            meta = self.meta_step(images, labels, path, lr, self.step_meta.value > 0)
-        return self.step_outputs({**meta, **self.distill_step(images, labels, path, lr, self.step_distill.value > 0)})
+        distill, meta, features = self.step_distill.value > 0, {}, None
+        if self.cream.pick_method == "meta":
+            run = self.step_meta.value > 0
+            # The board's features, for the meta step and the teacher's pick alike: the meta step
+            # changes the meta network only, so one forward over the board serves both.
+            size = self.cream.board_size
+            features = tf.cond(
+                tf.logical_or(run, distill),
+                lambda: self.board_features(path),
+                lambda: tf.zeros((size, self.cream.slice * self.num_classes)),
+            )
+            # On the weights before this step's update, as the official order.
+            meta = self.meta_step(images, labels, path, lr, run, features)
+        return self.step_outputs({**meta, **self.distill_step(images, labels, path, lr, distill, features)})
 
-    def distill_step(self, images, labels, path, lr, distill):
+    def distill_step(self, images, labels, path, lr, distill, features=None):
         """One replica's part of a step. `distill` is a boolean tensor, so warm-up and
-        distillation share one traced graph; the teacher is only run when it is true."""
+        distillation share one traced graph; the teacher is only run when it is true.
+        `features`: the board's (`board_features`), for pick_method 'meta'."""
         batch = tf.cast(self.global_batch_size, tf.float32)
         onehot = tf.one_hot(labels, self.num_classes)
 
         def with_teacher():
-            index, m = self.select_teacher(path)
+            index, m = self.select_teacher(features)
             return index, tf.stop_gradient(m), self.teacher_probs(images, self.board_paths[index])
 
         def without_teacher():
@@ -224,8 +245,9 @@ class CreamTrainer(FitModel):
 
     # --- the meta step ----------------------------------------------------------------------
 
-    def meta_gradient(self, images, labels, path, lr):
-        """Closed-form meta gradient for one replica's batch; returns (grads, index, m, val loss).
+    def meta_gradient(self, images, labels, path, lr, features):
+        """Closed-form meta gradient for one replica's batch and the board's `features`
+        (`board_features(path)`); returns (grads, index, m, val loss).
 
         The student takes one simulated SGD step on m * KD over the first `slice` images,
         w' = w - lr * m * g with g = grad KD(w); the meta objective is the validation loss
@@ -234,8 +256,7 @@ class CreamTrainer(FitModel):
         """
         s = self.cream.slice
         x1, x2, y2 = images[:s], images[s : 2 * s], labels[s : 2 * s]
-        scores, features = self.score_board(path)
-        index = tf.argmax(scores, output_type=tf.int32)
+        index = tf.argmax(self.board_scores(features), output_type=tf.int32)
         teacher = self.teacher_probs(x1, self.board_paths[index])
         variables = self.path_optimizer.variables
         with keras.StatelessScope():  # the meta step's forwards leave BatchNorm statistics alone
@@ -261,11 +282,11 @@ class CreamTrainer(FitModel):
             loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
         return loss, tape.gradient(loss, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-    def meta_step(self, images, labels, path, lr, run):
+    def meta_step(self, images, labels, path, lr, run, features):
         """Updates the meta network when `run` (a boolean tensor) holds; one graph either way."""
 
         def compute():
-            grads, _, m, val_loss = self.meta_gradient(images, labels, path, lr)
+            grads, _, m, val_loss = self.meta_gradient(images, labels, path, lr, features)
             return grads, m, val_loss
 
         def skip():
