@@ -7,14 +7,18 @@ and the Cream trainer, then times:
 - trace: turning the replicated train step (the meta step included, as `fit` runs it) into a
   graph: `get_concrete_function`, Python only;
 - first step: the first call, which optimizes the graph (Grappler) and runs it once;
-- step: the median of a few more steps (a distillation step on a full board);
+- CPU s: the process's CPU time (all its threads) over trace and first step: the work, which
+  stays what it is when several processes share too few cores and their wall times stretch;
+- step: the median of a few more steps with the meta step (a distillation step on a full board,
+  after a meta update), and without it (the distillation step alone, as most steps run);
 and counts the graph's ops (the step's own graph plus every function in its library), and the
 process's peak resident memory. Each configuration runs in its own process, so one does not
 inherit another's memory or caches.
 
     .venv/bin/python benchmarks/trace_scaling.py                          # both supernets, 1 2 4 8
     .venv/bin/python benchmarks/trace_scaling.py --configs=fashion_mnist --replicas=1,2
-    .venv/bin/python benchmarks/trace_scaling.py --smoke                  # a tiny space, 1 and 2
+    .venv/bin/python benchmarks/trace_scaling.py --space=tiny --launch=workers   # 8 small processes
+    .venv/bin/python benchmarks/trace_scaling.py --smoke                  # the tiny space, 1 and 2
 
 Prints a Markdown table and the machine it ran on.
 """
@@ -31,9 +35,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = (
-    "data.image_size=16,space.depths=[1,1,1,1,1],space.stem_channels=8,space.stem_stride=1,cream.board_size=2,"
-    "cream.pick_method=top1"
+TINY = (  # a small space (5 positions of 16x16 images), for many processes on a small host
+    "data.image_size=16,space.depths=[1,1,1,1,1],space.stem_channels=8,space.stem_stride=1,cream.board_size=2,cream.pick_method=top1"
 )
 
 
@@ -56,7 +59,8 @@ def measure(args) -> dict:
 
     config_file = os.path.join(REPO, "configs", "search", f"{args.config}.yaml")
     overrides = f"data.batch_size={args.batch * args.replicas},space.dropout=0.0"
-    config = config_lib.load(config_lib.SearchConfig, config_file, overrides + ("," + SMOKE if args.smoke else ""))
+    overrides += "".join("," + o for o in [TINY if args.tiny else "", args.params_override] if o)
+    config = config_lib.load(config_lib.SearchConfig, config_file, overrides)
     if args.launch == "mirrored":
         strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(args.replicas)])
     else:  # this process is one of `replicas` workers (TF_CONFIG), as main.py --local_workers starts them
@@ -91,6 +95,7 @@ def measure(args) -> dict:
         outputs = strategy.run(trainer.train_step, args=(data,))
         return strategy.experimental_local_results(outputs["loss"])[0]
 
+    cpu = time.process_time()
     began = time.perf_counter()
     concrete = step.get_concrete_function(batch)
     trace = time.perf_counter() - began
@@ -99,11 +104,18 @@ def measure(args) -> dict:
     began = time.perf_counter()
     step(batch).numpy()
     first = time.perf_counter() - began
-    times = []
-    for _ in range(args.steps):
-        began = time.perf_counter()
-        step(batch).numpy()
-        times.append(time.perf_counter() - began)
+    cpu = time.process_time() - cpu
+
+    def median_step():
+        times = []
+        for _ in range(args.steps):
+            began = time.perf_counter()
+            step(batch).numpy()
+            times.append(time.perf_counter() - began)
+        return statistics.median(times)
+
+    with_meta = median_step()
+    trainer.set_step(np.full(positions, 3), 0.01, distill=True, meta=False)
     return {
         "config": args.config,
         "launch": args.launch,
@@ -112,7 +124,9 @@ def measure(args) -> dict:
         "build": build,
         "trace": trace,
         "first": first,
-        "step": statistics.median(times),
+        "cpu": cpu,
+        "step": with_meta,
+        "plain_step": median_step(),
         "ops": ops,
         "functions": len(graph.library.function),
         "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -122,7 +136,8 @@ def measure(args) -> dict:
 def run_children(config: str, launch: str, replicas: int, args) -> list[dict]:
     """One process (mirrored) or `replicas` processes at once (workers); their results."""
     command = [sys.executable, os.path.abspath(__file__), f"--child={config}:{launch}:{replicas}"]
-    command += [f"--batch={args.batch}", f"--steps={args.steps}"] + (["--smoke"] if args.smoke else [])
+    command += [f"--batch={args.batch}", f"--steps={args.steps}", f"--params_override={args.params_override}"]
+    command += ["--space=tiny"] if args.tiny else []
     envs = [dict(os.environ)]
     if launch == "workers":
         from cream_tf.launch import free_ports
@@ -147,28 +162,32 @@ def run_children(config: str, launch: str, replicas: int, args) -> list[dict]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="fashion_mnist,imagenet")
-    parser.add_argument("--replicas", default="1,2,4,8")
+    parser.add_argument("--configs", default=None, help="supernets by search config (default: fashion_mnist,imagenet)")
+    parser.add_argument("--replicas", default=None, help="replica counts (default: 1,2,4,8)")
+    parser.add_argument("--space", choices=("full", "tiny"), default="full", help="tiny: " + TINY)
     parser.add_argument(
         "--launch",
-        default="mirrored,workers",
+        default=None,
         help="mirrored: one process, MirroredStrategy over logical devices; workers: one process per replica "
-        "(main.py --local_workers)",
+        "(main.py --local_workers); default: both",
     )
     parser.add_argument("--batch", type=int, default=8, help="images per replica (the meta step takes 2 slices of 4)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after the first")
-    parser.add_argument(
-        "--smoke", action="store_true", help="a tiny space without the meta step: 1 replica, 2 workers, 1 step"
-    )
+    parser.add_argument("--steps", type=int, default=None, help="timed steps of each kind after the first (default 3)")
+    parser.add_argument("--params_override", default="", help="more config overrides, as main.py takes them")
+    parser.add_argument("--smoke", action="store_true", help="the tiny space: 1 replica, 2 workers, 1 step")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # CONFIG:LAUNCH:REPLICAS, measured in this process
     args = parser.parse_args()
+    args.tiny = args.space == "tiny" or args.smoke
     if args.child:
         args.config, args.launch, replicas = args.child.split(":")
         args.replicas = int(replicas)
         print("RESULT " + json.dumps(measure(args)), flush=True)
         return
-    if args.smoke:
-        args.configs, args.replicas, args.launch, args.steps = "fashion_mnist", "1,2", "workers", 1
+    smoke = args.smoke
+    args.configs = args.configs or ("fashion_mnist" if smoke else "fashion_mnist,imagenet")
+    args.replicas = args.replicas or ("1,2" if smoke else "1,2,4,8")
+    args.launch = args.launch or ("workers" if smoke else "mirrored,workers")
+    args.steps = args.steps or (1 if smoke else 3)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from _common import machine
 
@@ -179,31 +198,35 @@ def main():
         runs += [(launch, n) for launch in args.launch.split(",") for n in counts if n > 1]
         for launch, replicas in runs:
             results = run_children(config, launch, replicas, args)
-            row = {key: max(r[key] for r in results) for key in ("build", "trace", "first", "step", "ops", "peak_gb")}
+            keys = ("build", "trace", "first", "cpu", "step", "plain_step", "ops", "peak_gb")
+            row = {key: max(r[key] for r in results) for key in keys}
             row.update(config=config, launch=launch, replicas=replicas, positions=results[0]["positions"])
             row["total_gb"] = sum(r["peak_gb"] for r in results)
             rows.append(row)
             print(f"measured {config}, {launch}, {replicas} replicas", file=sys.stderr, flush=True)
-    print(f"Trace scaling, {args.batch} images per replica; machine: {machine()}\n")
+    space = " (the tiny space)" if args.tiny else ""
+    more = f", {args.params_override}" if args.params_override else ""
+    print(f"Trace scaling{space}, {args.batch} images per replica{more}; machine: {machine()}\n")
     print(
-        "| supernet | positions | processes | replicas | build s | trace s | first step s | step s | graph ops | "
-        "peak RSS GB (per process) | peak RSS GB (all) | "
-        "trace / 1 replica | first step / 1 replica | peak RSS / 1 replica |"
+        "| supernet | positions | processes | replicas | build s | trace s | first step s | CPU s | "
+        "step s (meta) | step s (no meta) | graph ops | peak RSS GB (per process) | peak RSS GB (all) | "
+        "trace / 1 replica | first step / 1 replica | CPU / 1 replica | peak RSS / 1 replica |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|" + "---|" * 17)
     base = {}
     for r in rows:
         one = base.setdefault(r["config"], r)
         processes = r["replicas"] if r["launch"] == "workers" else 1
         print(
             f"| {r['config']} | {r['positions']} | {processes} | {r['replicas']} | {r['build']:.1f} | "
-            f"{r['trace']:.1f} | {r['first']:.1f} | {r['step']:.3f} | {r['ops']} | {r['peak_gb']:.2f} | "
-            f"{r['total_gb']:.2f} | "
-            f"{r['trace'] / one['trace']:.2f} | {r['first'] / one['first']:.2f} | {r['peak_gb'] / one['peak_gb']:.2f} |"
+            f"{r['trace']:.1f} | {r['first']:.1f} | {r['cpu']:.1f} | {r['step']:.3f} | {r['plain_step']:.3f} | "
+            f"{r['ops']} | {r['peak_gb']:.2f} | {r['total_gb']:.2f} | {r['trace'] / one['trace']:.2f} | "
+            f"{r['first'] / one['first']:.2f} | {r['cpu'] / one['cpu']:.2f} | {r['peak_gb'] / one['peak_gb']:.2f} |"
         )
     print(
-        "\nA row with several processes shows the slowest process's times and the largest process's memory; "
-        "the processes run at once, so on a machine with fewer cores than processes they share the cores."
+        "\nA row with several processes shows the slowest process's times, CPU and memory; the processes run at "
+        "once, so on a machine with fewer cores than processes they share the cores: their wall times stretch, "
+        "their CPU seconds do not."
     )
 
 
