@@ -126,6 +126,21 @@ def quantize_model(model: tf_keras.Model) -> tf_keras.Model:
 _RANGE_VARIABLES = ("quantize_layer", "output", "post_activation")  # activation ranges; kernels' are set per step
 
 
+def _activation_ranges(layer) -> dict[str, dict[str, tf.Variable]]:
+    """A QAT layer's activation range variables: {kind: {"min": variable, "max": variable}}."""
+    found = {}
+    for weight in layer.weights:
+        kind, _, bound = weight.name.split("/")[-1].split(":")[0].rpartition("_")
+        if kind in _RANGE_VARIABLES and bound in ("min", "max"):
+            found.setdefault(kind, {})[bound] = weight
+    return found
+
+
+def activation_range_variables(qat_model: tf_keras.Model) -> list[tf.Variable]:
+    """Every activation range variable (min and max) of `qat_model`."""
+    return [v for layer in qat_model.layers for bounds in _activation_ranges(layer).values() for v in bounds.values()]
+
+
 def calibrate_ranges(qat_model: tf_keras.Model, float_model: tf_keras.Model, images, batch_size: int = 16) -> None:
     """Sets every activation range of `qat_model` to the min and max (0 included) the same tensor
     of `float_model` (its twin) takes on `images`, as post-training calibration sets them.
@@ -136,12 +151,7 @@ def calibrate_ranges(qat_model: tf_keras.Model, float_model: tf_keras.Model, ima
     """
     pairs = []  # (min variable, max variable, tensor of the float model)
     for layer in qat_model.layers:
-        found = {}
-        for weight in layer.weights:
-            kind, _, bound = weight.name.split("/")[-1].split(":")[0].rpartition("_")
-            if kind in _RANGE_VARIABLES and bound in ("min", "max"):
-                found.setdefault(kind, {})[bound] = weight
-        for bounds in found.values():
+        for bounds in _activation_ranges(layer).values():
             inner = getattr(layer, "layer", None)
             tensor = float_model.input if inner is None else float_model.get_layer(inner.name).output
             pairs.append((bounds["min"], bounds["max"], tensor))
@@ -214,10 +224,13 @@ class QatStep(FitModel):
     label: what the fine-tune should keep is the float model's function, which its labels alone
     only approximate."""
 
-    def __init__(self, model, teacher, optimizer, num_classes: int, label_smoothing: float, distill: float):
+    def __init__(
+        self, model, teacher, optimizer, num_classes: int, label_smoothing: float, distill: float, fixed: tuple = ()
+    ):
         super().__init__(name="qat")
         self.model, self.teacher, self.qat_optimizer = model, teacher, optimizer
         self.num_classes, self.label_smoothing, self.distill = num_classes, label_smoothing, distill
+        self.fixed = list(fixed)  # variables the step must leave as they are (activation ranges)
         self.built = True
 
     def train_step(self, batch):
@@ -228,10 +241,13 @@ class QatStep(FitModel):
         if self.distill:
             targets += self.distill * tf.nn.softmax(self.teacher(images, training=False))
         variables = self.model.trainable_variables
+        kept = [v.read_value() for v in self.fixed]  # read before the forward moves them (program order)
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             loss = tf.reduce_mean(tf.keras.losses.categorical_crossentropy(targets, logits, from_logits=True))
         self.qat_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        for v, value in zip(self.fixed, kept):
+            v.assign(value)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1)), tf.float32))
         return self.step_outputs({"loss": loss, "correct": correct})
 
@@ -281,8 +297,9 @@ class QatRun(TrainingRun):
         schedule = tf_keras.optimizers.schedules.CosineDecay(qat.lr, qat.steps)
         self.optimizer = tf_keras.optimizers.SGD(schedule, momentum=qat.momentum, nesterov=True)
         self.optimizer.build(self.model.trainable_variables)
+        fixed = activation_range_variables(self.model) if qat.freeze_ranges else ()
         self.trainer = QatStep(
-            self.model, float_twin, self.optimizer, self.arch.num_classes, qat.label_smoothing, qat.distill
+            self.model, float_twin, self.optimizer, self.arch.num_classes, qat.label_smoothing, qat.distill, fixed
         )
         self.trainer.compile(jit_compile=False)
 

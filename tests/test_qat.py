@@ -258,7 +258,7 @@ def test_a_qat_run_stopped_mid_way_resumes_where_it_stopped(folder_entry, tmp_pa
     again, it restores exactly the weights, ranges, BatchNorm statistics and optimizer state of
     the stop, trains the remaining 2 steps (the optimizer's count ends at 4, not 6) and ends.
     (Not compared with an unstopped run: without op determinism two whole QAT runs differ.)"""
-    qat_config = QatConfig(steps=4)
+    qat_config = QatConfig(steps=4, freeze_ranges=False)  # moving ranges show the steps after the resume ran
     config = RetrainConfig(export=ExportConfig(calibration_images=16), qat=qat_config)
     make = lambda: qat.QatRun(config, folder_entry / "entry", tmp_path / "run", tmp_path / "entry_qat")
 
@@ -285,10 +285,12 @@ def test_a_qat_run_stopped_mid_way_resumes_where_it_stopped(folder_entry, tmp_pa
 
 
 @pytest.mark.parametrize("freeze", [True, False])
-def test_freeze_batchnorm_keeps_or_retrains_the_statistics(folder_entry, tmp_path, freeze):
+def test_freeze_batchnorm_and_ranges_keep_or_retrain_them(folder_entry, tmp_path, freeze):
     """qat.freeze_batchnorm: true keeps every BatchNorm's statistics, scale and offset as the float
-    model had them; false trains them (its moving statistics follow the fine-tune's batches)."""
-    config = RetrainConfig(export=ExportConfig(calibration_images=16), qat=QatConfig(steps=2, freeze_batchnorm=freeze))
+    model had them; false trains them (its moving statistics follow the fine-tune's batches).
+    qat.freeze_ranges: true keeps every activation range as calibrated; false moves them."""
+    qat_config = QatConfig(steps=2, freeze_batchnorm=freeze, freeze_ranges=freeze)
+    config = RetrainConfig(export=ExportConfig(calibration_images=16), qat=qat_config)
     run = qat.QatRun(config, folder_entry / "entry", tmp_path / "run", tmp_path / "entry_qat")
     norms = [
         layer.layer
@@ -296,12 +298,17 @@ def test_freeze_batchnorm_keeps_or_retrains_the_statistics(folder_entry, tmp_pat
         if isinstance(getattr(layer, "layer", None), tf_keras.layers.BatchNormalization)
     ]
     before = [[w.numpy() for w in bn.weights] for bn in norms]
+    ranges = qat.activation_range_variables(run.model)
+    calibrated = [v.numpy() for v in ranges]
     assert norms and all(bn.trainable != freeze for bn in norms)
+    assert len(ranges) > 2 * len(norms)  # the input's, each layer's output's, the activations'
     assert run.train()
     changed = [
         not np.array_equal(w.numpy(), old) for bn, olds in zip(norms, before) for w, old in zip(bn.weights, olds)
     ]
     assert (not any(changed)) if freeze else any(changed)
+    moved = [not np.array_equal(v.numpy(), old) for v, old in zip(ranges, calibrated)]
+    assert (not any(moved)) if freeze else any(moved)
 
 
 @pytest.mark.parametrize(
