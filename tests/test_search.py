@@ -374,10 +374,12 @@ def test_two_local_workers_end_with_equal_weights_and_trace_one_replica_each(tmp
     a, b = (dict(np.load(tmp_path / f"worker{i}.npz")) for i in range(2))
     assert set(a) == set(b)
     for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    one, two, each = mirrored["ops/one"], mirrored["ops/two"], a["ops/worker"]
+        if not name.startswith("ops/"):  # the chief's and the other worker's op counts may differ by a few
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    one, two = mirrored["ops/one"], mirrored["ops/two"]
     assert two > 1.6 * one  # what the launcher avoids: MirroredStrategy builds every replica's copy
-    assert each < 1.15 * one, f"a worker traced {each} ops, one replica alone {one}"
+    for each in (a["ops/worker"], b["ops/worker"]):
+        assert each < 1.15 * one, f"a worker traced {each} ops, one replica alone {one}"
 
 
 # --- the whole search -----------------------------------------------------------------------------
