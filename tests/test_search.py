@@ -260,7 +260,8 @@ def test_teacher_is_the_best_scoring_entry_and_m_is_its_sigmoid(trainer):
     for _ in range(3):
         kernel = trainer.meta.dense.kernel
         kernel.assign(rng.normal(size=kernel.shape).astype("float32"))
-        scores, features = trainer.score_board(path)
+        features = trainer.board_features(path)
+        scores = trainer.board_scores(features)
         index, m = trainer.select_teacher(features)
         assert int(index) == int(np.argmax(scores.numpy()))
         np.testing.assert_allclose(float(m), 1 / (1 + np.exp(-scores.numpy()[int(index)])), rtol=1e-6)

@@ -144,11 +144,6 @@ class CreamTrainer(FitModel):
         filled = tf.range(size) < self.board_count
         return tf.where(filled, self.meta(features), tf.fill([size], -np.inf))
 
-    def score_board(self, path):
-        """(meta scores, features) of every board entry for the student `path`."""
-        features = self.board_features(path)
-        return self.board_scores(features), features
-
     def select_teacher(self, features):
         """(teacher index, matching value m) from the entries' features: the best-scoring entry
         and sigmoid of ITS score.
