@@ -4,23 +4,24 @@ For each supernet (the default Fashion-MNIST one and the ImageNet one, 21 positi
 replica count (logical CPU devices under MirroredStrategy), a fresh process builds the supernet
 and the Cream trainer, then times:
 - build: the supernet, the trainer and their variables, in the strategy's scope;
-- trace: turning the replicated train step (the meta step included, as `fit` runs it) into a
-  graph: `get_concrete_function`, Python only;
+- trace: turning the replicated train step (a distillation step on a full board, as most steps
+  run) into a graph: `get_concrete_function`, Python only;
 - first step: the first call, which optimizes the graph (Grappler) and runs it once;
 - CPU s: the process's CPU time (all its threads) over trace and first step: the work, which
   stays what it is when several processes share too few cores and their wall times stretch;
-- step: the median of a few more steps with the meta step (a distillation step on a full board,
-  after a meta update), and without it (the distillation step alone, as most steps run);
+- step: the median of a few more steps;
 and counts the graph's ops (the step's own graph plus every function in its library), and the
-process's peak resident memory. Each configuration runs in its own process, so one does not
-inherit another's memory or caches.
+process's peak resident memory. Then, with `cream.pick_method: meta`, the same for the meta
+update's own graph (a search builds it at its first meta update, and runs it before that
+step's train step), in a second table. Each configuration runs in its own process, so one does
+not inherit another's memory or caches.
 
     .venv/bin/python benchmarks/trace_scaling.py                          # both supernets, 1 2 4 8
     .venv/bin/python benchmarks/trace_scaling.py --configs=fashion_mnist --replicas=1,2
     .venv/bin/python benchmarks/trace_scaling.py --space=tiny --launch=workers   # 8 small processes
     .venv/bin/python benchmarks/trace_scaling.py --smoke                  # the tiny space, 1 and 2
 
-Prints a Markdown table and the machine it ran on.
+Prints Markdown tables and the machine it ran on.
 """
 
 from __future__ import annotations
@@ -84,53 +85,48 @@ def measure(args) -> dict:
         probs = rng.dirichlet(np.ones(t.num_classes), s).astype("float32")
         board.offer(Entry(tuple(rng.integers(0, 6, positions)), 50.0 + k, k, images[:s], probs))
     trainer.load_board(board)
-    trainer.set_step(np.full(positions, 3), 0.01, distill=True, meta=True)
+    trainer.set_step(np.full(positions, 3), 0.01, distill=True)
     dataset = strategy.distribute_datasets_from_function(
         lambda context: tf.data.Dataset.from_tensors((images[: args.batch], labels[: args.batch])).repeat()
     )
     batch = next(iter(dataset))
+    result = {"config": args.config, "launch": args.launch, "replicas": args.replicas, "positions": positions}
+    result["build"] = build
+    # The train step first, as a search starts; the meta update's graph when it is first needed.
+    steps = [("", trainer.train_step)]
+    steps += [("meta_", trainer.meta_update)] if config.cream.pick_method == "meta" else []
+    for prefix, step_function in steps:
 
-    @tf.function
-    def step(data):  # what Keras' train function does around train_step
-        outputs = strategy.run(trainer.train_step, args=(data,))
-        return strategy.experimental_local_results(outputs["loss"])[0]
+        @tf.function
+        def step(data, step_function=step_function):  # what Keras' train function does around a step
+            outputs = strategy.run(step_function, args=(data,))
+            return strategy.experimental_local_results(next(iter(outputs.values())))[0]
 
-    cpu = time.process_time()
-    began = time.perf_counter()
-    concrete = step.get_concrete_function(batch)
-    trace = time.perf_counter() - began
-    graph = concrete.graph.as_graph_def()
-    ops = len(graph.node) + sum(len(f.node_def) for f in graph.library.function)
-    began = time.perf_counter()
-    step(batch).numpy()
-    first = time.perf_counter() - began
-    cpu = time.process_time() - cpu
-
-    def median_step():
+        cpu = time.process_time()
+        began = time.perf_counter()
+        concrete = step.get_concrete_function(batch)
+        trace = time.perf_counter() - began
+        graph = concrete.graph.as_graph_def()
+        began = time.perf_counter()
+        step(batch).numpy()
+        first = time.perf_counter() - began
+        cpu = time.process_time() - cpu
         times = []
         for _ in range(args.steps):
             began = time.perf_counter()
             step(batch).numpy()
             times.append(time.perf_counter() - began)
-        return statistics.median(times)
-
-    with_meta = median_step()
-    trainer.set_step(np.full(positions, 3), 0.01, distill=True, meta=False)
-    return {
-        "config": args.config,
-        "launch": args.launch,
-        "replicas": args.replicas,
-        "positions": len(space.positions),
-        "build": build,
-        "trace": trace,
-        "first": first,
-        "cpu": cpu,
-        "step": with_meta,
-        "plain_step": median_step(),
-        "ops": ops,
-        "functions": len(graph.library.function),
-        "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-    }
+        result.update(
+            {
+                prefix + "trace": trace,
+                prefix + "first": first,
+                prefix + "cpu": cpu,
+                prefix + "step": statistics.median(times),
+                prefix + "ops": len(graph.node) + sum(len(f.node_def) for f in graph.library.function),
+                prefix + "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            }
+        )
+    return result
 
 
 def run_children(config: str, launch: str, replicas: int, args) -> list[dict]:
@@ -160,6 +156,26 @@ def run_children(config: str, launch: str, replicas: int, args) -> list[dict]:
     return results
 
 
+def table(rows, headers, keys, formats, ratios, extra=None):
+    """A Markdown table of `rows`: the columns named by headers/keys, then `extra` (header,
+    formatter), then each of `ratios` against the supernet's 1-replica row."""
+    names = {"trace": "trace", "first": "first step", "cpu": "CPU", "peak_gb": "peak RSS"}
+    ratio_headers = [names[key.removeprefix("meta_")] + " / 1 replica" for key in ratios]
+    headers = ["supernet", "positions", "processes", "replicas", *headers, *([extra[0]] if extra else [])]
+    headers += ratio_headers
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "---|" * len(headers))
+    base = {}
+    for r in rows:
+        one = base.setdefault(r["config"], r)
+        processes = r["replicas"] if r["launch"] == "workers" else 1
+        cells = [r["config"], r["positions"], processes, r["replicas"]]
+        cells += [f.format(r[key]) for key, f in zip(keys, formats)]
+        cells += [extra[1](r)] if extra else []
+        cells += [f"{r[key] / one[key]:.2f}" for key in ratios]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default=None, help="supernets by search config (default: fashion_mnist,imagenet)")
@@ -174,7 +190,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8, help="images per replica (the meta step takes 2 slices of 4)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps of each kind after the first (default 3)")
     parser.add_argument("--params_override", default="", help="more config overrides, as main.py takes them")
-    parser.add_argument("--smoke", action="store_true", help="the tiny space: 1 replica, 2 workers, 1 step")
+    parser.add_argument("--smoke", action="store_true", help="the tiny space with meta: 1 replica, 2 workers, 1 step")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # CONFIG:LAUNCH:REPLICAS, measured in this process
     args = parser.parse_args()
     args.tiny = args.space == "tiny" or args.smoke
@@ -184,6 +200,8 @@ def main():
         print("RESULT " + json.dumps(measure(args)), flush=True)
         return
     smoke = args.smoke
+    if smoke:  # the tiny space's top1 leaves the meta step out; the smoke measures it too
+        args.params_override = ",".join(o for o in ("cream.pick_method=meta", args.params_override) if o)
     args.configs = args.configs or ("fashion_mnist" if smoke else "fashion_mnist,imagenet")
     args.replicas = args.replicas or ("1,2" if smoke else "1,2,4,8")
     args.launch = args.launch or ("workers" if smoke else "mirrored,workers")
@@ -198,30 +216,33 @@ def main():
         runs += [(launch, n) for launch in args.launch.split(",") for n in counts if n > 1]
         for launch, replicas in runs:
             results = run_children(config, launch, replicas, args)
-            keys = ("build", "trace", "first", "cpu", "step", "plain_step", "ops", "peak_gb")
-            row = {key: max(r[key] for r in results) for key in keys}
-            row.update(config=config, launch=launch, replicas=replicas, positions=results[0]["positions"])
+            row = {key: max(r[key] for r in results) for key in results[0] if key not in ("config", "launch")}
+            row.update(config=config, launch=launch, replicas=replicas)
             row["total_gb"] = sum(r["peak_gb"] for r in results)
             rows.append(row)
             print(f"measured {config}, {launch}, {replicas} replicas", file=sys.stderr, flush=True)
     space = " (the tiny space)" if args.tiny else ""
     more = f", {args.params_override}" if args.params_override else ""
     print(f"Trace scaling{space}, {args.batch} images per replica{more}; machine: {machine()}\n")
-    print(
-        "| supernet | positions | processes | replicas | build s | trace s | first step s | CPU s | "
-        "step s (meta) | step s (no meta) | graph ops | peak RSS GB (per process) | peak RSS GB (all) | "
-        "trace / 1 replica | first step / 1 replica | CPU / 1 replica | peak RSS / 1 replica |"
+    print("The train step (every step without a meta update; built before the first step):\n")
+    table(
+        rows,
+        ["build s", "trace s", "first step s", "CPU s", "step s", "graph ops", "peak RSS GB (per process)"],
+        ["build", "trace", "first", "cpu", "step", "ops", "peak_gb"],
+        ["{:.1f}", "{:.1f}", "{:.1f}", "{:.1f}", "{:.3f}", "{}", "{:.2f}"],
+        ["trace", "first", "cpu", "peak_gb"],
+        extra=("peak RSS GB (all)", lambda r: f"{r['total_gb']:.2f}"),
     )
-    print("|" + "---|" * 17)
-    base = {}
-    for r in rows:
-        one = base.setdefault(r["config"], r)
-        processes = r["replicas"] if r["launch"] == "workers" else 1
-        print(
-            f"| {r['config']} | {r['positions']} | {processes} | {r['replicas']} | {r['build']:.1f} | "
-            f"{r['trace']:.1f} | {r['first']:.1f} | {r['cpu']:.1f} | {r['step']:.3f} | {r['plain_step']:.3f} | "
-            f"{r['ops']} | {r['peak_gb']:.2f} | {r['total_gb']:.2f} | {r['trace'] / one['trace']:.2f} | "
-            f"{r['first'] / one['first']:.2f} | {r['cpu'] / one['cpu']:.2f} | {r['peak_gb'] / one['peak_gb']:.2f} |"
+    meta_rows = [r for r in rows if "meta_trace" in r]
+    if meta_rows:
+        print("\nThe meta update (its own graph, built at the first meta update; then that step's train step runs):\n")
+        table(
+            meta_rows,
+            ["meta trace s", "meta first step s", "meta CPU s", "meta step s", "meta graph ops"]
+            + ["peak RSS GB with meta"],
+            ["meta_trace", "meta_first", "meta_cpu", "meta_step", "meta_ops", "meta_peak_gb"],
+            ["{:.1f}", "{:.1f}", "{:.1f}", "{:.3f}", "{}", "{:.2f}"],
+            ["meta_trace", "meta_first", "meta_cpu", "meta_peak_gb"],
         )
     print(
         "\nA row with several processes shows the slowest process's times, CPU and memory; the processes run at "

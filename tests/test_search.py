@@ -144,7 +144,7 @@ def test_one_trace_serves_fifty_paths_and_skipped_blocks_stay_put(trainer):
             for v in supernet.weights:
                 if id(v) not in used:
                     np.testing.assert_array_equal(v.numpy(), before[id(v)], err_msg=v.path)
-    assert trainer.traces == 1
+    assert trainer.traces == {"train": 1, "meta": 1}  # the meta step at steps 10 and 40 only
 
 
 def keras_recalibration(model, batches):
@@ -262,7 +262,7 @@ def test_teacher_is_the_best_scoring_entry_and_m_is_its_sigmoid(trainer):
         kernel.assign(rng.normal(size=kernel.shape).astype("float32"))
         features = trainer.board_features(path)
         scores = trainer.board_scores(features)
-        index, m = trainer.select_teacher(features)
+        index, m = trainer.select_teacher(path)
         assert int(index) == int(np.argmax(scores.numpy()))
         np.testing.assert_allclose(float(m), 1 / (1 + np.exp(-scores.numpy()[int(index)])), rtol=1e-6)
     # Entries' scores are their own: one stored images' forward each (here: recomputed one by one).
@@ -466,6 +466,11 @@ def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, capfd):
         lines[-1],
     ), lines[-1]
     assert any(r.getMessage().startswith("Train step built; the first step took") for r in records)
+    # The meta update's graph is built at the first meta update (step 7), and the log says so once.
+    assert [r.getMessage()[:21] for r in records if "meta update" in r.getMessage().lower()] == [
+        "First meta update sin",
+        "Meta update built; it",
+    ]
     printed = "".join(capfd.readouterr())
     assert not any(code in printed for code in ("\r", "\b", "\x1b")), "progress-bar redraws in a log file"
     # Cream, not SPOS: the second epoch distils (KD > 0 at its last step, the 10th), and the meta

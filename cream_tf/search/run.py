@@ -16,9 +16,12 @@ path, the learning rate, board admission) is a callback around each step.
 
 from __future__ import annotations
 
+import time
+
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from cream_tf import atomic, folders
 from cream_tf.arch import SearchSpace
@@ -200,6 +203,7 @@ class _SearchStep(keras.callbacks.Callback):
         super().__init__()
         self.search = search
         self.macs = 0
+        self.building = None  # when the step that builds the meta update's graph began
 
     def on_train_batch_begin(self, batch, logs=None):
         search, cream = self.search, self.search.config.cream
@@ -212,6 +216,9 @@ class _SearchStep(keras.callbacks.Callback):
         self.path = path
         search.trainer.set_step(path, self.lr, self.distill, meta)
         self.meta = meta
+        if meta and not search.trainer.traces["meta"]:
+            self.building = time.time()
+            logging.info("First meta update since this start: building its graph; this step waits for it.")
 
     def on_train_batch_end(self, batch, logs=None):
         search, logs = self.search, logs or {}
@@ -219,6 +226,9 @@ class _SearchStep(keras.callbacks.Callback):
         if self.meta:
             search.meta_updates += 1
             self.log_meta_step(logs)
+        if self.building:
+            logging.info("Meta update built; its step took %.1f s.", time.time() - self.building)
+            self.building = None
         if search.epoch >= search.config.cream.warmup_epochs and search.board.offer(
             Entry(
                 tuple(int(c) for c in self.path),

@@ -3,10 +3,12 @@
 `CreamTrainer.train_step` (Keras' hook, driven by `model.fit`) trains one sampled path on one
 batch: plain cross-entropy during warm-up (or with pick_method 'none'), then distillation from
 the board path the meta network picks, loss = (m * KD + (2 - m) * CE) / 2 with m the matching
-value of that teacher. On the steps the host asks for it, the meta network is first updated
-with the closed-form meta gradient (`meta_step`). One traced graph serves every path and
-step: the path, the learning rate, the step's flags and the board are variables the host
-sets between steps (see cream_tf.search.run), never Python values.
+value of that teacher. On the steps the host asks for a meta update (one in
+`cream.meta_update_every`), `meta_update` first updates the meta network on the same batch with
+the closed-form meta gradient (`meta_step`). Each is one traced graph for every path and step:
+the path, the learning rate, the distillation flag and the board are variables the host sets
+between steps (see cream_tf.search.run), never Python values. The meta update's graph, larger
+than the train step's, is built when first needed.
 """
 
 from __future__ import annotations
@@ -102,15 +104,39 @@ class CreamTrainer(FitModel):
         self.step_path = state((supernet.num_positions,), "int32")
         self.step_lr = state((), "float32")
         self.step_distill = state((), "int32")  # 0/1 flags: int32 variables mirror on any device
-        self.step_meta = state((), "int32")
-        self.traces = 0  # how often train_step was traced; one graph must serve every step
+        self.meta_now = False  # the host's: does this step update the meta network first?
+        self.traces = {"train": 0, "meta": 0}  # per step function; one graph each must serve every step
         self.built = True
 
     def set_step(self, path, lr: float, distill: bool, meta: bool = False) -> None:
         self.step_path.assign(np.asarray(path, np.int32))
         self.step_lr.assign(np.float32(lr))
         self.step_distill.assign(int(bool(distill)))
-        self.step_meta.assign(int(bool(meta) and self.cream.pick_method == "meta"))
+        self.meta_now = bool(meta) and self.cream.pick_method == "meta"
+
+    def make_train_function(self, force=False):
+        """Keras' hook: two compiled functions, the train step and the meta update, and the
+        host's `set_step(meta=...)` says whether a step runs the meta update first, on the same
+        batch.
+
+        As one graph with the meta update under a condition, every start built both (the meta
+        update's forwards and backwards are most of it) before the first step, though it runs once
+        in `meta_update_every` steps and never before the board fills. Both are made by Keras' own
+        `_make_function` (keras/src/backend/tensorflow/trainer.py, keras pinned): given batches
+        rather than an iterator it runs its step on each, so `fit`, `train_on_batch` and the
+        strategies drive them as any train step; the batch is drawn here, outside the graphs.
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        train, meta = self._make_function(self.train_step), self._make_function(self.meta_update)
+
+        def train_function(iterator):
+            batch = [next(iterator)]
+            updated = meta(batch) if self.meta_now else {}
+            return {**updated, **train(batch)}
+
+        self.train_function = train_function
+        return train_function
 
     # --- board ------------------------------------------------------------------------------
 
@@ -144,15 +170,15 @@ class CreamTrainer(FitModel):
         filled = tf.range(size) < self.board_count
         return tf.where(filled, self.meta(features), tf.fill([size], -np.inf))
 
-    def select_teacher(self, features):
-        """(teacher index, matching value m) from the entries' features: the best-scoring entry
-        and sigmoid of ITS score.
+    def select_teacher(self, path):
+        """(teacher index, matching value m) for the student `path`: the board entry whose
+        features score best, and sigmoid of ITS score.
 
         (The official code takes the score of the last entry examined, negated; see the README.)
         """
         if self.cream.pick_method == "top1":
             return tf.constant(0), tf.constant(0.5)  # the board is kept sorted, best first
-        scores = self.board_scores(features)
+        scores = self.board_scores(self.board_features(path))
         index = tf.argmax(scores, output_type=tf.int32)
         return index, tf.sigmoid(scores[index])
 
@@ -165,34 +191,28 @@ class CreamTrainer(FitModel):
     # --- the training step ------------------------------------------------------------------
 
     def train_step(self, data):
-        """Keras' hook: the meta step when the host asked for it, then the distillation step."""
-        self.traces += 1
+        """Keras' hook: the distillation step (see `distill_step`)."""
+        self.traces["train"] += 1
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        path, lr, distill = self.step_path.value, self.step_lr.value, self.step_distill.value > 0
+        return self.step_outputs(self.distill_step(images, labels, path, lr, distill))
+
+    def meta_update(self, data):
+        """The meta step on the batch `data`, run before that batch's train step when the host
+        asks for it: on the weights before the step's update, as the official order."""
+        self.traces["meta"] += 1
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         path, lr = self.step_path.value, self.step_lr.value
-        distill, meta, features = self.step_distill.value > 0, {}, None
-        if self.cream.pick_method == "meta":
-            run = self.step_meta.value > 0
-            # The board's features, for the meta step and the teacher's pick alike: the meta step
-            # changes the meta network only, so one forward over the board serves both.
-            size = self.cream.board_size
-            features = tf.cond(
-                tf.logical_or(run, distill),
-                lambda: self.board_features(path),
-                lambda: tf.zeros((size, self.cream.slice * self.num_classes)),
-            )
-            # On the weights before this step's update, as the official order.
-            meta = self.meta_step(images, labels, path, lr, run, features)
-        return self.step_outputs({**meta, **self.distill_step(images, labels, path, lr, distill, features)})
+        return self.step_outputs(self.meta_step(images, labels, path, lr, self.board_features(path)))
 
-    def distill_step(self, images, labels, path, lr, distill, features=None):
+    def distill_step(self, images, labels, path, lr, distill):
         """One replica's part of a step. `distill` is a boolean tensor, so warm-up and
-        distillation share one traced graph; the teacher is only run when it is true.
-        `features`: the board's (`board_features`), for pick_method 'meta'."""
+        distillation share one traced graph; the teacher is only run when it is true."""
         batch = tf.cast(self.global_batch_size, tf.float32)
         onehot = tf.one_hot(labels, self.num_classes)
 
         def with_teacher():
-            index, m = self.select_teacher(features)
+            index, m = self.select_teacher(path)
             return index, tf.stop_gradient(m), self.teacher_probs(images, self.board_paths[index])
 
         def without_teacher():
@@ -277,23 +297,15 @@ class CreamTrainer(FitModel):
             loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
         return loss, tape.gradient(loss, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-    def meta_step(self, images, labels, path, lr, run, features):
-        """Updates the meta network when `run` (a boolean tensor) holds; one graph either way."""
-
-        def compute():
-            grads, _, m, val_loss = self.meta_gradient(images, labels, path, lr, features)
-            return grads, m, val_loss
-
-        def skip():
-            return [tf.zeros_like(v) for v in self.meta.trainable_variables], tf.constant(0.0), tf.constant(0.0)
-
+    def meta_step(self, images, labels, path, lr, features):
+        """Updates the meta network from this replica's batch and the board's `features`."""
         if self.cream.simulated_step_lr > 0:  # the official code steps with the meta network's own lr
             lr = tf.constant(self.cream.simulated_step_lr, tf.float32)
-        grads, m, val_loss = tf.cond(run, compute, skip)
+        grads, _, m, val_loss = self.meta_gradient(images, labels, path, lr, features)
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         grads = [g / replicas for g in grads]  # PathSGD sums over replicas: average them
         before = [tf.identity(v) for v in self.meta.trainable_variables]
-        norm = self.meta_optimizer.apply(grads, [run], self.cream.meta_lr)
+        norm = self.meta_optimizer.apply(grads, [True], self.cream.meta_lr)
         after = self.meta.trainable_variables
         # Every replica holds the same meta network and the same reduced norm: report one copy.
         return {
