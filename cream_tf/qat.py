@@ -225,12 +225,21 @@ class QatStep(FitModel):
     only approximate."""
 
     def __init__(
-        self, model, teacher, optimizer, num_classes: int, label_smoothing: float, distill: float, fixed: tuple = ()
+        self,
+        model,
+        teacher,
+        optimizer,
+        num_classes: int,
+        label_smoothing: float,
+        distill: float,
+        fixed: tuple = (),
+        trained: list | None = None,
     ):
         super().__init__(name="qat")
         self.model, self.teacher, self.qat_optimizer = model, teacher, optimizer
         self.num_classes, self.label_smoothing, self.distill = num_classes, label_smoothing, distill
         self.fixed = list(fixed)  # variables the step must leave as they are (activation ranges)
+        self.trained = model.trainable_variables if trained is None else list(trained)
         self.built = True
 
     def train_step(self, batch):
@@ -240,7 +249,7 @@ class QatStep(FitModel):
         targets = (1 - self.distill) * smoothed
         if self.distill:
             targets += self.distill * tf.nn.softmax(self.teacher(images, training=False))
-        variables = self.model.trainable_variables
+        variables = self.trained
         kept = [v.read_value() for v in self.fixed]  # read before the forward moves them (program order)
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
@@ -289,17 +298,29 @@ class QatRun(TrainingRun):
         self.calibration = data.sample_images(data_config, "train", count)
         self.model = quantize_model(float_twin)
         calibrate_ranges(self.model, float_twin, self.calibration)  # a resumed run restores its own
+        frozen = set()
         if qat.freeze_batchnorm:
             for layer in self.model.layers:
                 inner = getattr(layer, "layer", layer)
                 if isinstance(inner, tf_keras.layers.BatchNormalization):
                     inner.trainable = False  # tf_keras: a frozen BatchNorm also runs on its moving statistics
+                    frozen |= {id(w) for w in inner.weights}
+        # The model's trainable_variables still lists the wrapped BatchNorms' scale and offset
+        # after `trainable = False`, so the step trains an explicit list.
+        trained = [v for v in self.model.trainable_variables if id(v) not in frozen]
         schedule = tf_keras.optimizers.schedules.CosineDecay(qat.lr, qat.steps)
         self.optimizer = tf_keras.optimizers.SGD(schedule, momentum=qat.momentum, nesterov=True)
-        self.optimizer.build(self.model.trainable_variables)
+        self.optimizer.build(trained)
         fixed = activation_range_variables(self.model) if qat.freeze_ranges else ()
         self.trainer = QatStep(
-            self.model, float_twin, self.optimizer, self.arch.num_classes, qat.label_smoothing, qat.distill, fixed
+            self.model,
+            float_twin,
+            self.optimizer,
+            self.arch.num_classes,
+            qat.label_smoothing,
+            qat.distill,
+            fixed,
+            trained,
         )
         self.trainer.compile(jit_compile=False)
 

@@ -202,14 +202,16 @@ def write_folder_dataset(root: Path, classes=3, per_class=(24, 8), size=32):
 
 @pytest.fixture(scope="module")
 def folder_entry(tmp_path_factory):
-    """A tiny net's entry folder exported with a folder dataset's settings (no PTQ file: QAT makes one)."""
+    """A tiny net's entry folder exported with a folder dataset's settings (no PTQ file: QAT makes one).
+    Its weights and BatchNorm statistics are randomized: on fresh statistics (mean 0, variance 1)
+    this net's activations vanish and no QAT step would move a weight."""
     root = tmp_path_factory.mktemp("qat_cli")
     write_folder_dataset(root / "images")
     config = DataConfig(name="folder", data_dir=str(root / "images"), image_size=32, channels=3, num_classes=3)
     config = dataclasses.replace(config, batch_size=8, validation_size=0, augment="none")
     arch = Arch.parse("[0][0][0][0][0]@32;in=3;classes=3;stem=8/2")
     export.write_entry(
-        build_child(arch),
+        randomized(build_child(arch)),
         arch,
         root / "entry",
         weights_source="random",
@@ -258,7 +260,7 @@ def test_a_qat_run_stopped_mid_way_resumes_where_it_stopped(folder_entry, tmp_pa
     again, it restores exactly the weights, ranges, BatchNorm statistics and optimizer state of
     the stop, trains the remaining 2 steps (the optimizer's count ends at 4, not 6) and ends.
     (Not compared with an unstopped run: without op determinism two whole QAT runs differ.)"""
-    qat_config = QatConfig(steps=4, freeze_ranges=False)  # moving ranges show the steps after the resume ran
+    qat_config = QatConfig(steps=4)
     config = RetrainConfig(export=ExportConfig(calibration_images=16), qat=qat_config)
     make = lambda: qat.QatRun(config, folder_entry / "entry", tmp_path / "run", tmp_path / "entry_qat")
 
@@ -278,17 +280,17 @@ def test_a_qat_run_stopped_mid_way_resumes_where_it_stopped(folder_entry, tmp_pa
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.name)
     assert resumed.train() and (resumed.epoch, resumed.batch) == (1, 0)
     assert int(resumed.optimizer.iterations) == 4
-    # The two steps after the resume ran: the input's range (an average over steps) moved. (The
-    # random net's activations vanish on its fresh BatchNorm statistics, so its kernels barely do.)
-    ranges = [(v, at_stop[i]) for i, v in enumerate(resumed.model.weights) if "quantize_layer" in v.name]
-    assert ranges and any(not np.array_equal(v.numpy(), value) for v, value in ranges)
+    # The two steps after the resume trained: the kernels moved.
+    kernels = [(v, at_stop[i]) for i, v in enumerate(resumed.model.weights) if "kernel" in v.name]
+    assert kernels and any(not np.array_equal(v.numpy(), value) for v, value in kernels)
 
 
 @pytest.mark.parametrize("freeze", [True, False])
 def test_freeze_batchnorm_and_ranges_keep_or_retrain_them(folder_entry, tmp_path, freeze):
     """qat.freeze_batchnorm: true keeps every BatchNorm's statistics, scale and offset as the float
     model had them; false trains them (its moving statistics follow the fine-tune's batches).
-    qat.freeze_ranges: true keeps every activation range as calibrated; false moves them."""
+    qat.freeze_ranges: true keeps every activation range as calibrated; false moves them. The
+    weights train either way."""
     qat_config = QatConfig(steps=2, freeze_batchnorm=freeze, freeze_ranges=freeze)
     config = RetrainConfig(export=ExportConfig(calibration_images=16), qat=qat_config)
     run = qat.QatRun(config, folder_entry / "entry", tmp_path / "run", tmp_path / "entry_qat")
@@ -300,6 +302,8 @@ def test_freeze_batchnorm_and_ranges_keep_or_retrain_them(folder_entry, tmp_path
     before = [[w.numpy() for w in bn.weights] for bn in norms]
     ranges = qat.activation_range_variables(run.model)
     calibrated = [v.numpy() for v in ranges]
+    kernels = [v for v in run.model.trainable_variables if "kernel" in v.name]
+    initial = [v.numpy() for v in kernels]
     assert norms and all(bn.trainable != freeze for bn in norms)
     assert len(ranges) > 2 * len(norms)  # the input's, each layer's output's, the activations'
     assert run.train()
@@ -309,6 +313,8 @@ def test_freeze_batchnorm_and_ranges_keep_or_retrain_them(folder_entry, tmp_path
     assert (not any(changed)) if freeze else any(changed)
     moved = [not np.array_equal(v.numpy(), old) for v, old in zip(ranges, calibrated)]
     assert (not any(moved)) if freeze else any(moved)
+    trained = [float(np.abs(v.numpy() - old).max()) for v, old in zip(kernels, initial)]
+    assert kernels and sum(change > 0 for change in trained) > len(kernels) / 2, trained
 
 
 @pytest.mark.parametrize(
