@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -131,6 +132,7 @@ def _activation_ranges(layer) -> dict[str, dict[str, tf.Variable]]:
     found = {}
     for weight in layer.weights:
         kind, _, bound = weight.name.split("/")[-1].split(":")[0].rpartition("_")
+        kind = re.sub(r"_\d+$", "", kind)  # a second model in the process: quantize_layer_1_min
         if kind in _RANGE_VARIABLES and bound in ("min", "max"):
             found.setdefault(kind, {})[bound] = weight
     return found
@@ -141,14 +143,24 @@ def activation_range_variables(qat_model: tf_keras.Model) -> list[tf.Variable]:
     return [v for layer in qat_model.layers for bounds in _activation_ranges(layer).values() for v in bounds.values()]
 
 
-def calibrate_ranges(qat_model: tf_keras.Model, float_model: tf_keras.Model, images, batch_size: int = 16) -> None:
-    """Sets every activation range of `qat_model` to the min and max (0 included) the same tensor
-    of `float_model` (its twin) takes on `images`, as post-training calibration sets them.
+RANGE_STATISTICS = ("minmax", "batch_mean")
+
+
+def calibrate_ranges(
+    qat_model: tf_keras.Model, float_model: tf_keras.Model, images, statistic: str, batch_size: int = 32
+) -> None:
+    """Sets every activation range of `qat_model` from the same tensor of `float_model` (its
+    twin) on `images`, 0 always inside: `statistic` 'minmax' takes the min and max over all the
+    images, as post-training calibration does; 'batch_mean' the mean over batches of
+    `batch_size` images of each batch's min and max, the level TFMOT's moving average of batch
+    extremes settles at, which one outlying image moves by its excess over the number of batches.
 
     TFMOT starts every range at [-6, 6] and moves it as an EMA of decay 0.999 per step: a few
     hundred steps would keep ranges far from the tensors' (clipping BatchNorm outputs beyond 6,
-    wasting resolution on small ones). Started here, QAT begins where post-training quantization is.
+    wasting resolution on small ones). Started here, QAT begins where calibration is.
     """
+    if statistic not in RANGE_STATISTICS:
+        raise ValueError(f"statistic={statistic!r} is not valid; valid: {', '.join(RANGE_STATISTICS)}")
     pairs = []  # (min variable, max variable, tensor of the float model)
     for layer in qat_model.layers:
         for bounds in _activation_ranges(layer).values():
@@ -156,12 +168,15 @@ def calibrate_ranges(qat_model: tf_keras.Model, float_model: tf_keras.Model, ima
             tensor = float_model.input if inner is None else float_model.get_layer(inner.name).output
             pairs.append((bounds["min"], bounds["max"], tensor))
     probe = tf_keras.Model(float_model.input, [tensor for _, _, tensor in pairs])
-    low = np.full(len(pairs), np.inf)
-    high = np.full(len(pairs), -np.inf)
+    lows, highs = [], []  # [batch][tensor]
     for start in range(0, len(images), batch_size):
         outputs = probe(images[start : start + batch_size], training=False)
-        low = np.minimum(low, [float(tf.reduce_min(t)) for t in outputs])
-        high = np.maximum(high, [float(tf.reduce_max(t)) for t in outputs])
+        lows.append([float(tf.reduce_min(t)) for t in outputs])
+        highs.append([float(tf.reduce_max(t)) for t in outputs])
+    if statistic == "minmax":
+        low, high = np.min(lows, axis=0), np.max(highs, axis=0)
+    else:
+        low, high = np.mean(lows, axis=0), np.mean(highs, axis=0)
     for (min_var, max_var, _), lo, hi in zip(pairs, low, high):
         min_var.assign(min(lo, 0.0))
         max_var.assign(max(hi, 0.0))
@@ -225,21 +240,12 @@ class QatStep(FitModel):
     only approximate."""
 
     def __init__(
-        self,
-        model,
-        teacher,
-        optimizer,
-        num_classes: int,
-        label_smoothing: float,
-        distill: float,
-        fixed: tuple = (),
-        trained: list | None = None,
+        self, model, teacher, optimizer, num_classes: int, label_smoothing: float, distill: float, fixed: tuple = ()
     ):
         super().__init__(name="qat")
         self.model, self.teacher, self.qat_optimizer = model, teacher, optimizer
         self.num_classes, self.label_smoothing, self.distill = num_classes, label_smoothing, distill
         self.fixed = list(fixed)  # variables the step must leave as they are (activation ranges)
-        self.trained = model.trainable_variables if trained is None else list(trained)
         self.built = True
 
     def train_step(self, batch):
@@ -249,7 +255,7 @@ class QatStep(FitModel):
         targets = (1 - self.distill) * smoothed
         if self.distill:
             targets += self.distill * tf.nn.softmax(self.teacher(images, training=False))
-        variables = self.trained
+        variables = self.model.trainable_variables
         kept = [v.read_value() for v in self.fixed]  # read before the forward moves them (program order)
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
@@ -297,30 +303,22 @@ class QatRun(TrainingRun):
         count = min(config.export.calibration_images, data.num_examples(data_config, "train"))
         self.calibration = data.sample_images(data_config, "train", count)
         self.model = quantize_model(float_twin)
-        calibrate_ranges(self.model, float_twin, self.calibration)  # a resumed run restores its own
-        frozen = set()
+        calibrate_ranges(self.model, float_twin, self.calibration, qat.range_statistic)  # resumed: restored
         if qat.freeze_batchnorm:
             for layer in self.model.layers:
                 inner = getattr(layer, "layer", layer)
                 if isinstance(inner, tf_keras.layers.BatchNormalization):
-                    inner.trainable = False  # tf_keras: a frozen BatchNorm also runs on its moving statistics
-                    frozen |= {id(w) for w in inner.weights}
-        # The model's trainable_variables still lists the wrapped BatchNorms' scale and offset
-        # after `trainable = False`, so the step trains an explicit list.
-        trained = [v for v in self.model.trainable_variables if id(v) not in frozen]
+                    # tf_keras: a frozen BatchNorm runs on its moving statistics and keeps them. Its
+                    # scale and offset stay in the QAT model's trainable_variables (TFMOT's wrapper
+                    # lists them) and train with the weights, which measured better than keeping
+                    # them too (benchmarks/RESULTS.md); tests/test_qat.py checks both.
+                    inner.trainable = False
         schedule = tf_keras.optimizers.schedules.CosineDecay(qat.lr, qat.steps)
         self.optimizer = tf_keras.optimizers.SGD(schedule, momentum=qat.momentum, nesterov=True)
-        self.optimizer.build(trained)
+        self.optimizer.build(self.model.trainable_variables)
         fixed = activation_range_variables(self.model) if qat.freeze_ranges else ()
         self.trainer = QatStep(
-            self.model,
-            float_twin,
-            self.optimizer,
-            self.arch.num_classes,
-            qat.label_smoothing,
-            qat.distill,
-            fixed,
-            trained,
+            self.model, float_twin, self.optimizer, self.arch.num_classes, qat.label_smoothing, qat.distill, fixed
         )
         self.trainer.compile(jit_compile=False)
 
