@@ -282,8 +282,8 @@ def test_meta_gradient_matches_nested_tapes_and_finite_differences(trainer):
     for v in meta_vars:
         v.assign(rng.normal(scale=0.3, size=v.shape).astype("float32"))
     lr = tf.constant(0.5)
+    closed, index, m, _ = trainer.meta_gradient(images, labels, path, lr)
     features = trainer.board_features(path)
-    closed, index, m, _ = trainer.meta_gradient(images, labels, path, lr, features)
 
     s = trainer.cream.slice
     variables = trainer.path_optimizer.variables

@@ -203,7 +203,7 @@ class CreamTrainer(FitModel):
         self.traces["meta"] += 1
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         path, lr = self.step_path.value, self.step_lr.value
-        return self.step_outputs(self.meta_step(images, labels, path, lr, self.board_features(path)))
+        return self.step_outputs(self.meta_step(images, labels, path, lr))
 
     def distill_step(self, images, labels, path, lr, distill):
         """One replica's part of a step. `distill` is a boolean tensor, so warm-up and
@@ -260,9 +260,8 @@ class CreamTrainer(FitModel):
 
     # --- the meta step ----------------------------------------------------------------------
 
-    def meta_gradient(self, images, labels, path, lr, features):
-        """Closed-form meta gradient for one replica's batch and the board's `features`
-        (`board_features(path)`); returns (grads, index, m, val loss).
+    def meta_gradient(self, images, labels, path, lr):
+        """Closed-form meta gradient for one replica's batch; returns (grads, index, m, val loss).
 
         The student takes one simulated SGD step on m * KD over the first `slice` images,
         w' = w - lr * m * g with g = grad KD(w); the meta objective is the validation loss
@@ -271,6 +270,7 @@ class CreamTrainer(FitModel):
         """
         s = self.cream.slice
         x1, x2, y2 = images[:s], images[s : 2 * s], labels[s : 2 * s]
+        features = self.board_features(path)
         index = tf.argmax(self.board_scores(features), output_type=tf.int32)
         teacher = self.teacher_probs(x1, self.board_paths[index])
         variables = self.path_optimizer.variables
@@ -297,11 +297,11 @@ class CreamTrainer(FitModel):
             loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
         return loss, tape.gradient(loss, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-    def meta_step(self, images, labels, path, lr, features):
-        """Updates the meta network from this replica's batch and the board's `features`."""
+    def meta_step(self, images, labels, path, lr):
+        """Updates the meta network from this replica's batch."""
         if self.cream.simulated_step_lr > 0:  # the official code steps with the meta network's own lr
             lr = tf.constant(self.cream.simulated_step_lr, tf.float32)
-        grads, _, m, val_loss = self.meta_gradient(images, labels, path, lr, features)
+        grads, _, m, val_loss = self.meta_gradient(images, labels, path, lr)
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         grads = [g / replicas for g in grads]  # PathSGD sums over replicas: average them
         before = [tf.identity(v) for v in self.meta.trainable_variables]
