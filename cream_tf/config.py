@@ -29,6 +29,7 @@ OPTIMIZERS = ("rmsprop", "sgd")
 SCHEDULES = ("step", "cosine")
 INT8_INPUTS = ("normalized", "pixels")
 TRAIN_SPLITS = ("train", "train_full")
+RANGE_STATISTICS = ("batch_mean", "minmax")  # how QAT calibrates activation ranges (cream_tf.qat)
 
 
 def invalid(key: str, value, valid: str) -> ValueError:
@@ -340,7 +341,7 @@ class QatConfig(Checkpointing):
         require(self, "momentum", lambda v: 0 <= v < 1, "a number in [0, 1)")
         require(self, "batch_size", lambda v: v >= 0, "0 (the data's batch size) or more")
         require(self, "train_split", lambda v: v in TRAIN_SPLITS, ", ".join(TRAIN_SPLITS))
-        require(self, "range_statistic", lambda v: v in ("minmax", "batch_mean"), "minmax, batch_mean")
+        require(self, "range_statistic", lambda v: v in RANGE_STATISTICS, ", ".join(RANGE_STATISTICS))
         require(self, "label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)")
         require(self, "distill", lambda v: 0 <= v <= 1, "a number in [0, 1]")
         for key in Checkpointing.KEYS:

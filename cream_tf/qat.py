@@ -42,7 +42,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from cream_tf import atomic, data, evaluate, export, folders, twin
 from cream_tf.arch import Arch
-from cream_tf.config import DataConfig, RetrainConfig, from_dict
+from cream_tf.config import RANGE_STATISTICS, DataConfig, RetrainConfig, from_dict
 from cream_tf.training import FitModel, Progress, TrainingRun
 
 quantize = tfmot.quantization.keras
@@ -141,9 +141,6 @@ def _activation_ranges(layer) -> dict[str, dict[str, tf.Variable]]:
 def activation_range_variables(qat_model: tf_keras.Model) -> list[tf.Variable]:
     """Every activation range variable (min and max) of `qat_model`."""
     return [v for layer in qat_model.layers for bounds in _activation_ranges(layer).values() for v in bounds.values()]
-
-
-RANGE_STATISTICS = ("minmax", "batch_mean")
 
 
 def calibrate_ranges(
