@@ -317,7 +317,7 @@ def test_freeze_batchnorm_and_ranges_keep_or_retrain_them(folder_entry, tmp_path
     (false: they follow the fine-tune's batches); the scale and offset train either way, as do
     the kernels. qat.freeze_ranges: true keeps every activation range as calibrated; false moves
     them."""
-    qat_config = QatConfig(steps=2, freeze_batchnorm=freeze, freeze_ranges=freeze)
+    qat_config = QatConfig(steps=2, lr=0.01, freeze_batchnorm=freeze, freeze_ranges=freeze)
     config = RetrainConfig(export=ExportConfig(calibration_images=16), qat=qat_config)
     run = qat.QatRun(config, folder_entry / "entry", tmp_path / "run", tmp_path / "entry_qat")
     norms = [
@@ -339,7 +339,9 @@ def test_freeze_batchnorm_and_ranges_keep_or_retrain_them(folder_entry, tmp_path
 
     assert (not any(moved(statistics))) if freeze else any(moved(statistics))
     assert (not any(moved(ranges))) if freeze else any(moved(ranges))
-    # Two steps at lr 1e-4: the last blocks' scales and offsets move (13 of 38 here), every kernel nearly.
+    # At lr 0.01 two steps move 21-24 of the 33 kernels and 21-22 of the 38 scales and offsets
+    # (three runs; at the default 1e-4, 16-17 kernels: half, too close to count on). The first
+    # blocks' kernels get no gradient in this random net (why, not looked into).
     assert any(moved(affine)) and sum(moved(kernels)) > len(kernels) / 2
 
 
