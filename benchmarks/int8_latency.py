@@ -6,7 +6,9 @@ calibrated on the same images. They should run equally fast: the same ops on int
 XNNPACK runs them. The two files alternate call by call (cream_tf's `alternate`), so a change of
 machine load hits both alike; figures are medians over `--rounds` rounds. The agreement count
 (test images on which a file's argmax is `model.keras`'s) is a closer measure of what quantization
-changed than a difference of top-1, which nets out images gained and lost.
+changed than a difference of top-1, which nets out images gained and lost; the table also counts
+those two, the paired standard error of the top-1 difference and McNemar's exact p, which say
+whether a gap to float is larger than the test set resolves.
 
     .venv/bin/python benchmarks/int8_latency.py --entry runs/retrain/entry_qat --threads 1,2 --rounds 9
     .venv/bin/python benchmarks/int8_latency.py --smoke    # a tiny net's PTQ file on both sides
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import math
 import shutil
 import statistics
 import tempfile
@@ -47,8 +50,10 @@ def smoke_entry(folder: Path) -> Path:
 
 
 def agreement(entry: Path, max_batches: int) -> list[tuple]:
-    """(file, images, top-1 %, images where it predicts the float model's class) on the test split
-    of the entry's data (metadata.json; Fashion-MNIST when it has none)."""
+    """Per file, on the test split of the entry's data (metadata.json; Fashion-MNIST when it has
+    none): (file, images, top-1 %, images where it predicts the float model's class, images the
+    float model gets right and it wrong, the reverse, the paired standard error of its top-1 minus
+    float's, McNemar's exact p of that difference)."""
     import numpy as np
 
     from cream_tf import data, evaluate
@@ -67,10 +72,33 @@ def agreement(entry: Path, max_batches: int) -> list[tuple]:
         for name, predict in predictors.items():
             classes[name].append(predict(images.numpy()).argmax(-1))
     labels, float_classes = np.concatenate(labels), np.concatenate(classes["float (model.keras)"])
-    return [
-        (name, len(labels), f"{100 * np.mean(c == labels):.2f}", int(np.sum(c == float_classes)))
-        for name, c in ((name, np.concatenate(found)) for name, found in classes.items())
-    ]
+    rows = []
+    for name, found in classes.items():
+        c = np.concatenate(found)
+        lost = int(np.sum((float_classes == labels) & (c != labels)))
+        won = int(np.sum((float_classes != labels) & (c == labels)))
+        error = paired_standard_error(lost, won, len(labels))
+        rows.append(
+            (name, len(labels), f"{100 * np.mean(c == labels):.2f}", int(np.sum(c == float_classes)), lost, won)
+            + (f"{100 * error:.3f}", f"{mcnemar_p(lost, won):.3f}")
+        )
+    return rows
+
+
+def paired_standard_error(lost: int, won: int, images: int) -> float:
+    """Standard error of a top-1 difference between two classifiers measured on the same images,
+    as a fraction: each image adds -1 (lost), +1 (won) or 0, so the mean's variance is
+    (lost + won - (won - lost)**2 / images) / images**2. With ~90 images changing either way of
+    10,000, it is ~0.1 points: a gap much smaller than that is not resolved by the test set."""
+    return math.sqrt(max(lost + won - (won - lost) ** 2 / images, 0.0)) / images
+
+
+def mcnemar_p(lost: int, won: int) -> float:
+    """McNemar's exact two-sided p: the chance, were losing and winning an image equally likely,
+    of a split of the lost + won changed images at least as uneven as this one."""
+    changed = lost + won
+    tail = sum(math.comb(changed, k) for k in range(min(lost, won) + 1)) / 2**changed
+    return min(1.0, 2 * tail)
 
 
 def runner(path: Path, threads: int):
@@ -121,7 +149,8 @@ def main():
         print()
     rows = agreement(args.entry, args.batches)
     print(f"Test images on which each file predicts the float model's class ({rows[0][1]} images):\n")
-    print(table(["file", "images", "top-1 %", "same class as float"], rows))
+    columns = ["file", "images", "top-1 %", "same class as float", "float right, it wrong", "float wrong, it right"]
+    print(table(columns + ["paired SE of top-1 - float's (points)", "McNemar p"], rows))
     print()
     rows = []
     for threads in (int(t) for t in args.threads.split(",")):

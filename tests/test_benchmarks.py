@@ -150,6 +150,12 @@ def test_int8_latency_smoke():
     assert images >= 1 and int(agreement["float (model.keras)"]["same class as float"]) == images
     # The smoke run writes the same PTQ file under both names: the two agree with float alike.
     assert agreement["int8 PTQ"]["same class as float"] == agreement["int8 QAT"]["same class as float"]
+    lost, won = "float right, it wrong", "float wrong, it right"
+    float_row = agreement["float (model.keras)"]
+    assert (float_row[lost], float_row[won], float_row["McNemar p"]) == ("0", "0", "1.000")
+    for row in agreement.values():  # an image lost or won is one whose class changed
+        assert int(row[lost]) + int(row[won]) <= images - int(row["same class as float"]), row
+        assert float(row["paired SE of top-1 - float's (points)"]) >= 0 and 0 < float(row["McNemar p"]) <= 1, row
 
 
 def test_hardware_peak_smoke():
@@ -265,3 +271,20 @@ def test_trace_scaling_smoke_measures_one_replica_and_two_workers():
     # The meta update's graph has two backwards (KD and validation), the train step's one.
     for row, meta_row in zip(rows, meta_rows):
         assert positive(meta_row["meta graph ops"]) > positive(row["graph ops"])
+
+
+def test_paired_top1_statistics_match_hand_computed_examples():
+    sys.path.insert(0, str(BENCHMARKS))
+    from int8_latency import mcnemar_p, paired_standard_error
+
+    # 10 images lost, none won: the chance of 10 of 10 falling one way, either way, is 2 / 2**10.
+    assert mcnemar_p(10, 0) == pytest.approx(2 / 1024)
+    # 3 lost, 2 won: the splits at least as uneven are all six of 5 (0..2 and 3..5 of 5): p = 1.
+    assert mcnemar_p(3, 2) == 1.0
+    # 5 lost, 1 won: (C(6,0) + C(6,1)) * 2 / 64 = 14 / 64.
+    assert mcnemar_p(5, 1) == pytest.approx(14 / 64) == mcnemar_p(1, 5)
+    assert mcnemar_p(0, 0) == 1.0
+    # 4 images of 10: -1, -1, +1, 0 x 7; their mean -0.1 and the variance of that mean is
+    # (sum of squares - n * mean**2) / n**2 = (3 - 0.1) / 100.
+    assert paired_standard_error(2, 1, 10) == pytest.approx(math.sqrt(2.9) / 10)
+    assert paired_standard_error(0, 0, 10) == 0.0
