@@ -77,11 +77,9 @@ def agreement(entry: Path, max_batches: int) -> list[tuple]:
         c = np.concatenate(found)
         lost = int(np.sum((float_classes == labels) & (c != labels)))
         won = int(np.sum((float_classes != labels) & (c == labels)))
-        error = paired_standard_error(lost, won, len(labels))
-        rows.append(
-            (name, len(labels), f"{100 * np.mean(c == labels):.2f}", int(np.sum(c == float_classes)), lost, won)
-            + (f"{100 * error:.3f}", f"{mcnemar_p(lost, won):.3f}")
-        )
+        top1, same = f"{100 * np.mean(c == labels):.2f}", int(np.sum(c == float_classes))
+        error, p = 100 * paired_standard_error(lost, won, len(labels)), mcnemar_p(lost, won)
+        rows.append((name, len(labels), top1, same, lost, won, f"{error:.3f}", f"{p:.3f}"))
     return rows
 
 
