@@ -243,10 +243,19 @@ def _retrain_dir() -> str:
 
 def _format_accuracy(accuracy: dict) -> str:
     lines = [f"{accuracy['split']} split, {accuracy['images']} images:"]
-    lines += [
-        f"  {name:15s} top-1 {accuracy['top1'][name]:.2f}%  top-5 {accuracy['top5'][name]:.2f}%"
-        for name in accuracy["top1"]
-    ]
+    changes = accuracy.get("changes", {})
+    for name in accuracy["top1"]:
+        line = f"  {name:15s} top-1 {accuracy['top1'][name]:.2f}%  top-5 {accuracy['top5'][name]:.2f}%"
+        c = changes.get(name)
+        if c and c["same_class"] == accuracy["images"]:
+            line += f"  same class as {c['against']} on every image"
+        elif c:
+            gap = accuracy["top1"][name] - accuracy["top1"][c["against"]]
+            line += (
+                f"  against {c['against']}: {c['lost']} lost, {c['won']} won "
+                f"(gap {gap:+.2f} ± {c['paired_standard_error']:.2f} points, McNemar p {c['mcnemar_p']:.2f})"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
-import math
 import shutil
 import statistics
 import tempfile
@@ -53,50 +52,23 @@ def agreement(entry: Path, max_batches: int) -> list[tuple]:
     """Per file, on the test split of the entry's data (metadata.json; Fashion-MNIST when it has
     none): (file, images, top-1 %, images where it predicts the float model's class, images the
     float model gets right and it wrong, the reverse, the paired standard error of its top-1 minus
-    float's, McNemar's exact p of that difference)."""
-    import numpy as np
-
+    float's, McNemar's exact p of that difference), from cream_tf.evaluate.compare."""
     from cream_tf import data, evaluate
     from cream_tf.config import DataConfig, from_dict
 
     metadata_file = entry / "metadata.json"
     settings = json.loads(metadata_file.read_text()).get("data") if metadata_file.is_file() else None
     config = from_dict(DataConfig, settings, "data") if settings else DataConfig()
-    predictors = {"float (model.keras)": evaluate.predictor(entry / "model.keras")}
+    reference = "float (model.keras)"
+    predictors = {reference: evaluate.predictor(entry / "model.keras")}
     predictors.update({name: evaluate.predictor(entry / file) for name, file in FILES.items()})
-    classes, labels = {name: [] for name in predictors}, []
-    for i, (images, batch_labels) in enumerate(data.load(config, "test", training=False)):
-        if max_batches and i >= max_batches:
-            break
-        labels.append(np.asarray(batch_labels))
-        for name, predict in predictors.items():
-            classes[name].append(predict(images.numpy()).argmax(-1))
-    labels, float_classes = np.concatenate(labels), np.concatenate(classes["float (model.keras)"])
+    figures = evaluate.compare(predictors, data.load(config, "test", training=False), max_batches, reference)
     rows = []
-    for name, found in classes.items():
-        c = np.concatenate(found)
-        lost = int(np.sum((float_classes == labels) & (c != labels)))
-        won = int(np.sum((float_classes != labels) & (c == labels)))
-        top1, same = f"{100 * np.mean(c == labels):.2f}", int(np.sum(c == float_classes))
-        error, p = 100 * paired_standard_error(lost, won, len(labels)), mcnemar_p(lost, won)
-        rows.append((name, len(labels), top1, same, lost, won, f"{error:.3f}", f"{p:.3f}"))
+    for name, f in figures.items():
+        c = f.get("changes") or dict(same_class=f["images"], lost=0, won=0, paired_standard_error=0.0, mcnemar_p=1.0)
+        columns = (c["same_class"], c["lost"], c["won"], f"{c['paired_standard_error']:.3f}", f"{c['mcnemar_p']:.3f}")
+        rows.append((name, f["images"], f"{f['top1']:.2f}", *columns))
     return rows
-
-
-def paired_standard_error(lost: int, won: int, images: int) -> float:
-    """Standard error of a top-1 difference between two classifiers measured on the same images,
-    as a fraction: each image adds -1 (lost), +1 (won) or 0, so the mean's variance is
-    (lost + won - (won - lost)**2 / images) / images**2. With ~90 images changing either way of
-    10,000, it is ~0.1 points: a gap much smaller than that is not resolved by the test set."""
-    return math.sqrt(max(lost + won - (won - lost) ** 2 / images, 0.0)) / images
-
-
-def mcnemar_p(lost: int, won: int) -> float:
-    """McNemar's exact two-sided p: the chance, were losing and winning an image equally likely,
-    of a split of the lost + won changed images at least as uneven as this one."""
-    changed = lost + won
-    tail = sum(math.comb(changed, k) for k in range(min(lost, won) + 1)) / 2**changed
-    return min(1.0, 2 * tail)
 
 
 def runner(path: Path, threads: int):

@@ -146,23 +146,37 @@ def add_tflite_metadata(folder: Path, metadata: dict, name: str, arch: Arch, lab
 
 
 def measure_formats(
-    folder: Path, files: dict, config: DataConfig, split: str, max_batches: int, normalization: tuple
+    folder: Path,
+    files: dict,
+    config: DataConfig,
+    split: str,
+    max_batches: int,
+    normalization: tuple,
+    extra: dict | None = None,
 ) -> dict:
-    """Top-1/top-5 of every format in `folder` on the same images (see cream_tf.evaluate);
-    `normalization` (mean, std) feeds a file that takes pixels."""
-    figures = {
-        name: evaluate.evaluate(evaluate.predictor(folder / file, normalization), config, split, max_batches)
-        for name, file in files.items()
-        if name != "saved_model"
+    """Top-1/top-5 of every format in `folder` (and of the `extra` predictors, {name: predictor})
+    on the same images in one pass (see cream_tf.evaluate); `normalization` (mean, std) feeds a
+    file that takes pixels. `changes` records, per format, what it changes against the Keras
+    model's classes (evaluate.changes): whether a quantized file's gap is more than the test set
+    resolves."""
+    predictors = {
+        name: evaluate.predictor(folder / file, normalization) for name, file in files.items() if name != "saved_model"
     }
-    counts = {f["images"] for f in figures.values()}
-    return {
+    predictors.update(extra or {})
+    for predict in predictors.values():
+        evaluate.check_fits(predict, config)
+    reference = "keras" if "keras" in predictors else None
+    figures = evaluate.compare(predictors, data.load(config, split, training=False), max_batches, reference)
+    accuracy = {
         "split": split,
-        "images": counts.pop(),
+        "images": figures[next(iter(figures))]["images"],
         "batches": max_batches or "all",
         "top1": {name: f["top1"] for name, f in figures.items()},
         "top5": {name: f["top5"] for name, f in figures.items()},
     }
+    if reference:
+        accuracy["changes"] = {name: f["changes"] for name, f in figures.items() if name != reference}
+    return accuracy
 
 
 def metadata_for(arch: Arch, *, weights_source: str, preprocessing: dict, extra: dict | None = None) -> dict:

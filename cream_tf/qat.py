@@ -360,15 +360,14 @@ class QatRun(TrainingRun):
                 "tflite_int8_ptq": folders.TFLITE_INT8_PTQ_FILE,
             }
             accuracy = export.measure_formats(
-                staging, files, data_config, export_config.eval_split, export_config.eval_batches, normalization
-            )
-            fake = evaluate.evaluate(
-                evaluate.KerasPredictor(self.model, "qat_fake_quant"),
+                staging,
+                files,
                 data_config,
                 export_config.eval_split,
                 export_config.eval_batches,
+                normalization,
+                extra={"qat_fake_quant": evaluate.KerasPredictor(self.model, "qat_fake_quant")},
             )
-            accuracy["top1"]["qat_fake_quant"], accuracy["top5"]["qat_fake_quant"] = fake["top1"], fake["top5"]
             metadata.update(
                 files=files,
                 tflite_int8=int8,

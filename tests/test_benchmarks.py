@@ -271,20 +271,3 @@ def test_trace_scaling_smoke_measures_one_replica_and_two_workers():
     # The meta update's graph has two backwards (KD and validation), the train step's one.
     for row, meta_row in zip(rows, meta_rows):
         assert positive(meta_row["meta graph ops"]) > positive(row["graph ops"])
-
-
-def test_paired_top1_statistics_match_hand_computed_examples():
-    sys.path.insert(0, str(BENCHMARKS))
-    from int8_latency import mcnemar_p, paired_standard_error
-
-    # 10 images lost, none won: the chance of 10 of 10 falling one way, either way, is 2 / 2**10.
-    assert mcnemar_p(10, 0) == pytest.approx(2 / 1024)
-    # 3 lost, 2 won: the splits at least as uneven are all six of 5 (0..2 and 3..5 of 5): p = 1.
-    assert mcnemar_p(3, 2) == 1.0
-    # 5 lost, 1 won: (C(6,0) + C(6,1)) * 2 / 64 = 14 / 64.
-    assert mcnemar_p(5, 1) == pytest.approx(14 / 64) == mcnemar_p(1, 5)
-    assert mcnemar_p(0, 0) == 1.0
-    # 4 images of 10: -1, -1, +1, 0 x 7; their mean -0.1 and the variance of that mean is
-    # (sum of squares - n * mean**2) / n**2 = (3 - 0.1) / 100.
-    assert paired_standard_error(2, 1, 10) == pytest.approx(math.sqrt(2.9) / 10)
-    assert paired_standard_error(0, 0, 10) == 0.0

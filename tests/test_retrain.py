@@ -7,6 +7,7 @@ about a minute and a half on two cores.
 """
 
 import json
+import math
 import subprocess
 import sys
 
@@ -234,6 +235,49 @@ def test_every_form_of_the_model_gives_the_same_top1(trained):
     recorded = json.loads((entry / "metadata.json").read_text())["accuracy"]
     assert recorded["images"] == 64 and set(recorded["top1"]) == {"keras", "tflite_float32", "tflite_int8"}
     assert recorded["top1"]["keras"] == recorded["top1"]["tflite_float32"] == figures["keras"]["top1"]
+
+
+def test_the_entry_records_what_each_file_changes_against_keras(trained):
+    """metadata.json's accuracy.changes, recounted here from each file's own classes."""
+    trainer, _, entry, _ = trained
+    recorded = json.loads((entry / "metadata.json").read_text())["accuracy"]
+    files = {"keras": "model.keras", "tflite_float32": "model_float32.tflite", "tflite_int8": "model_int8.tflite"}
+    predictors = {name: evaluate.predictor(entry / file) for name, file in files.items()}
+    classes, labels = {name: [] for name in predictors}, []
+    for i, (images, batch_labels) in enumerate(data.load(trainer.config.data, recorded["split"], training=False)):
+        if recorded["batches"] != "all" and i >= recorded["batches"]:
+            break
+        labels.append(batch_labels.numpy())
+        for name, predict in predictors.items():
+            classes[name].append(predict(images.numpy()).argmax(-1))
+    labels = np.concatenate(labels)
+    keras_classes = np.concatenate(classes["keras"])
+    assert set(recorded["changes"]) == {"tflite_float32", "tflite_int8"}
+    for name in recorded["changes"]:
+        found, change = np.concatenate(classes[name]), recorded["changes"][name]
+        lost = int(np.sum((keras_classes == labels) & (found != labels)))
+        won = int(np.sum((keras_classes != labels) & (found == labels)))
+        assert change["against"] == "keras" and (change["lost"], change["won"]) == (lost, won), change
+        assert change["same_class"] == int(np.sum(found == keras_classes)), change
+        gap = recorded["top1"][name] - recorded["top1"]["keras"]
+        assert gap == pytest.approx(100 * (won - lost) / len(labels), abs=1e-3)
+    assert recorded["changes"]["tflite_float32"]["same_class"] == len(labels)  # float TFLite = Keras within 1e-4
+
+
+def test_paired_top1_statistics_match_hand_computed_examples():
+    from cream_tf.evaluate import mcnemar_p, paired_standard_error
+
+    # 10 images lost, none won: the chance of 10 of 10 falling one way, either way, is 2 / 2**10.
+    assert mcnemar_p(10, 0) == pytest.approx(2 / 1024)
+    # 3 lost, 2 won: the splits at least as uneven are all six of 5 (0..2 and 3..5 of 5): p = 1.
+    assert mcnemar_p(3, 2) == 1.0
+    # 5 lost, 1 won: (C(6,0) + C(6,1)) * 2 / 64 = 14 / 64.
+    assert mcnemar_p(5, 1) == pytest.approx(14 / 64) == mcnemar_p(1, 5)
+    assert mcnemar_p(0, 0) == 1.0
+    # 4 images of 10: -1, -1, +1, 0 x 7; their mean -0.1 and the variance of that mean is
+    # (sum of squares - n * mean**2) / n**2 = (3 - 0.1) / 100.
+    assert paired_standard_error(2, 1, 10) == pytest.approx(math.sqrt(2.9) / 10)
+    assert paired_standard_error(0, 0, 10) == 0.0
 
 
 def test_retrain_resumes_after_a_stop_at_the_right_epoch(tmp_path):
