@@ -65,7 +65,7 @@ def agreement(entry: Path, max_batches: int) -> list[tuple]:
     figures = evaluate.compare(predictors, data.load(config, "test", training=False), max_batches, reference)
     rows = []
     for name, f in figures.items():
-        c = f.get("changes") or dict(same_class=f["images"], lost=0, won=0, paired_standard_error=0.0, mcnemar_p=1.0)
+        c = f["changes"]
         columns = (c["same_class"], c["lost"], c["won"], f"{c['paired_standard_error']:.3f}", f"{c['mcnemar_p']:.3f}")
         rows.append((name, f["images"], f"{f['top1']:.2f}", *columns))
     return rows

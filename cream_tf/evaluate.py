@@ -146,11 +146,12 @@ def accuracy(predict, dataset, max_batches: int = 0) -> dict:
 
 def compare(predictors: dict, dataset, max_batches: int = 0, reference: str | None = None) -> dict:
     """Top-1 and top-5 (%) of each of `predictors` ({name: predict}) on the same (images, int
-    labels) batches of `dataset`, one pass. With `reference` (one of the names), every other
+    labels) batches of `dataset`, one pass. With `reference` (one of the names), every
     predictor's figures also count what it changes against that one on the same images
-    (`changes`): images where both predict the same class, images the reference gets right and
-    it wrong (`lost`), the reverse (`won`), the paired standard error of its top-1 minus the
-    reference's and McNemar's exact p (see paired_standard_error, mcnemar_p)."""
+    (`changes`; the reference's own: none): images where both predict the same class, images
+    the reference gets right and it wrong (`lost`), the reverse (`won`), the paired standard
+    error of its top-1 minus the reference's and McNemar's exact p (see paired_standard_error,
+    mcnemar_p)."""
     ranked, labels = {name: [] for name in predictors}, []
     for i, (images, batch_labels) in enumerate(dataset):
         if max_batches and i >= max_batches:
@@ -175,8 +176,7 @@ def compare(predictors: dict, dataset, max_batches: int = 0, reference: str | No
     if reference is not None:
         base = ranked[reference][:, 0]
         for name, top in ranked.items():
-            if name != reference:
-                figures[name]["changes"] = changes(base, top[:, 0], labels, reference)
+            figures[name]["changes"] = changes(base, top[:, 0], labels, reference)
     return figures
 
 

@@ -341,7 +341,8 @@ def test_freeze_batchnorm_and_ranges_keep_or_retrain_them(folder_entry, tmp_path
     assert (not any(moved(ranges))) if freeze else any(moved(ranges))
     # At lr 0.01 two steps move 21-24 of the 33 kernels and 21-22 of the 38 scales and offsets
     # (three runs; at the default 1e-4, 16-17 kernels: half, too close to count on). The first
-    # blocks' kernels get no gradient in this random net (why, not looked into).
+    # blocks' kernels get no gradient in this random net (why, not looked into); on the real
+    # Fashion-MNIST winner 300 steps move every kernel (benchmarks/RESULTS.md).
     assert any(moved(affine)) and sum(moved(kernels)) > len(kernels) / 2
 
 
