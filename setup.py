@@ -16,5 +16,6 @@ setup(
     packages=find_packages(include=["cream_tf", "cream_tf.*"]),
     python_requires=">=3.11,<3.12",
     install_requires=pinned("requirements.txt"),
+    entry_points={"console_scripts": ["cream-tf = cream_tf.cli:run"]},
     extras_require={"test": pinned("requirements-test.txt"), "torch": ["torch==2.14.1"]},
 )

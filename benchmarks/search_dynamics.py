@@ -32,7 +32,7 @@ from _common import machine
 
 from cream_tf import blocks
 from cream_tf import config as config_lib
-from cream_tf.search.run import Search
+from cream_tf.search.run import SearchRun
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = (
@@ -51,12 +51,12 @@ INITS = {
 }
 
 
-def search(args, overrides: str, folder: str) -> Search:
+def search(args, overrides: str, folder: str) -> SearchRun:
     overrides = ",".join(o for o in (overrides, args.overrides, SMOKE if args.smoke else "") if o)
-    return Search(config_lib.load(config_lib.SearchConfig, args.config_file, overrides), folder)
+    return SearchRun(config_lib.load(config_lib.SearchConfig, args.config_file, overrides), folder)
 
 
-def history(run: Search) -> np.ndarray:
+def history(run: SearchRun) -> np.ndarray:
     """Rows of (MACs, top-1, m, teacher) per training step."""
     return np.array(run.history, dtype=np.float64)
 

@@ -43,8 +43,8 @@ from cream_tf import atomic, data
 from cream_tf import config as config_lib
 from cream_tf.arch import SearchSpace
 from cream_tf.flops import FlopsTable
-from cream_tf.retrain import Retrainer
-from cream_tf.search.run import Search, build_space
+from cream_tf.retrain import RetrainRun
+from cream_tf.search.run import SearchRun, build_space
 from cream_tf.search.selection import PathEvaluator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,7 +144,7 @@ class Study:
         if key in self.state["supernets"]:
             return self.state["supernets"][key]
         config = self.search_config(method, seed)
-        search = Search(config, os.path.join(self.out, "supernets", f"{method}_seed{seed}"))
+        search = SearchRun(config, os.path.join(self.out, "supernets", f"{method}_seed{seed}"))
         began = time.time()
         result = search.run()
         seconds = time.time() - began
@@ -187,7 +187,7 @@ class Study:
         config = config_lib.load(config_lib.RetrainConfig, self.args.retrain_config, overrides)
         arch = space.template.replace(choices=_stages(path))
         folder = os.path.join(self.out, "standalone", f"{_slug(path)}_r{repeat}")
-        result = Retrainer(config, arch, folder, overwrite=True).run()
+        result = RetrainRun(config, arch, folder, overwrite=True).run()
         runs.append(result["accuracy"]["top1"]["keras"])
         self.save()
         return runs[repeat]

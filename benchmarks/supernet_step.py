@@ -31,7 +31,7 @@ from _common import machine
 from cream_tf import config as config_lib
 from cream_tf.search.board import Entry, PrioritizedBoard
 from cream_tf.search.run import build_space
-from cream_tf.search.trainer import CreamTrainer
+from cream_tf.search.trainer import SearchModel
 from cream_tf.supernet import Supernet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,7 +74,7 @@ def main():
     keras.utils.set_random_seed(0)
     space = build_space(config)
     supernet = Supernet(space)
-    trainer = CreamTrainer(supernet, config, batch)
+    trainer = SearchModel(supernet, config, batch)
     trainer.compile(optimizer=None)
     rng = np.random.default_rng(0)
     t = space.template

@@ -55,7 +55,7 @@ def measure(args) -> dict:
     from cream_tf import config as config_lib
     from cream_tf.search.board import Entry, PrioritizedBoard
     from cream_tf.search.run import build_space
-    from cream_tf.search.trainer import CreamTrainer
+    from cream_tf.search.trainer import SearchModel
     from cream_tf.supernet import Supernet
 
     config_file = os.path.join(REPO, "configs", "search", f"{args.config}.yaml")
@@ -70,7 +70,7 @@ def measure(args) -> dict:
     began = time.perf_counter()
     space = build_space(config)
     with strategy.scope():
-        trainer = CreamTrainer(Supernet(space), config, config.data.batch_size)
+        trainer = SearchModel(Supernet(space), config, config.data.batch_size)
         trainer.compile(optimizer=None)
     build = time.perf_counter() - began
 

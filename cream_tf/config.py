@@ -1,25 +1,43 @@
 """Typed experiment configuration: dataclasses, YAML files and `--params_override`.
 
 Every option lives here with its default and a comment; YAML files under `configs/` set the
-ones that differ, and `--params_override` ("search.epochs=2,data.batch_size=64" or an inline
-YAML/JSON mapping) changes single values on the command line, as in Model Garden. Unknown keys
-and values of the wrong type are errors that name the key and what is valid.
+ones that differ, and `--params_override` ("train.epochs=2,data.batch_size=64" or an inline
+YAML/JSON mapping) changes single values on the command line, as in Model Garden
+(cream_tf.typed_yaml reads and writes them). Unknown keys and values of the wrong type are
+errors that name the key and what is valid; each section's `validate()` checks the values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import re
-import typing
 from pathlib import Path
-from typing import Any, TypeVar
 
-import yaml
+# Reading and writing configs (re-exported: `config.load(SearchConfig, file, overrides)`).
+from cream_tf.typed_yaml import (
+    describe,
+    flatten,
+    from_dict,
+    load,
+    merge,
+    parse_override,
+    read_yaml,
+    save,
+    to_dict,
+    to_yaml,
+)
 
-from cream_tf import atomic
-
-T = TypeVar("T")
+__all__ = [
+    "describe",
+    "flatten",
+    "from_dict",
+    "load",
+    "merge",
+    "parse_override",
+    "read_yaml",
+    "save",
+    "to_dict",
+    "to_yaml",
+]
 
 SOURCES = ("fashion_mnist", "folder", "tfrecord", "tfds")
 SPLITS = ("train", "validation", "test", "train_full")  # train_full = train + validation
@@ -37,13 +55,14 @@ def invalid(key: str, value, valid: str) -> ValueError:
     return ValueError(f"{key}={value!r} is not valid; valid: {valid}.")
 
 
-def require(config, key: str, condition, valid: str) -> None:
-    """Raises `invalid` for `key` (a dotted path into `config`) unless `condition(value)` holds."""
+def require(config, key: str, condition, valid: str, prefix: str = "") -> None:
+    """Raises `invalid` for `key` (a dotted path into `config`; named `prefix + key` in the
+    error) unless `condition(value)` holds."""
     value = config
     for part in key.split("."):
         value = getattr(value, part)
     if not condition(value):
-        raise invalid(key, value, valid)
+        raise invalid(prefix + key, value, valid)
 
 
 def _positive(config, keys, valid="an integer >= 1"):
@@ -174,7 +193,10 @@ class Checkpointing:
     checkpoint_every_steps: int = 0  # also every N steps within an epoch (0 = off)
     checkpoint_every_minutes: float = 0.0  # also every N minutes within an epoch (0 = off)
 
-    KEYS = ("checkpoint_every_steps", "checkpoint_every_minutes")
+    def validate_checkpointing(self, prefix: str) -> None:
+        """`prefix`: how the error names the section ("train.")."""
+        for key in ("checkpoint_every_steps", "checkpoint_every_minutes"):
+            require(self, key, lambda v: v >= 0, "0 (off) or more", prefix=prefix)
 
 
 @dataclasses.dataclass
@@ -225,8 +247,7 @@ class SearchConfig:
         )
         require(self, "train.lr", lambda v: v > 0, "a number > 0")
         require(self, "train.steps_per_epoch", lambda v: v >= 0, "0 (one pass over the split) or more")
-        for key in Checkpointing.KEYS:
-            require(self, f"train.{key}", lambda v: v >= 0, "0 (off) or more")
+        self.train.validate_checkpointing("train.")
 
 
 @dataclasses.dataclass
@@ -344,8 +365,7 @@ class QatConfig(Checkpointing):
         require(self, "range_statistic", lambda v: v in RANGE_STATISTICS, ", ".join(RANGE_STATISTICS))
         require(self, "label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)")
         require(self, "distill", lambda v: 0 <= v <= 1, "a number in [0, 1]")
-        for key in Checkpointing.KEYS:
-            require(self, key, lambda v: v >= 0, "0 (off) or more")
+        self.validate_checkpointing("")  # validate() names the section
 
 
 @dataclasses.dataclass
@@ -386,7 +406,6 @@ class RetrainConfig:
             "eval_every_epochs",
             "eval_batches",
             "ema_recalibrate_batches",
-            *Checkpointing.KEYS,
         ):
             require(self, f"train.{key}", lambda v: v >= 0, "0 or more")
         for key in ("lr", "decay_epochs", "rmsprop_epsilon"):
@@ -397,172 +416,26 @@ class RetrainConfig:
         for key in ("ema_decay", "label_smoothing", "rmsprop_rho"):
             require(self, f"train.{key}", lambda v: 0 <= v < 1, "a number in [0, 1)")
         require(self, "export.eval_batches", lambda v: v >= 0, "0 (the whole split) or more")
+        self.train.validate_checkpointing("train.")
         self.qat.validate()
         if self.qat.enabled:
             require(self, "export.enabled", bool, "true when qat.enabled (QAT fine-tunes the exported entry)")
 
 
-def from_dict(cls: type[T], data: dict | None, path: str = "") -> T:
-    """Builds dataclass `cls` from a mapping, recursing into nested dataclasses, strictly."""
-    data = data or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"Config section {path or cls.__name__!r} must be a mapping; got {data!r}.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in data.items():
-        where = f"{path}.{key}" if path else key
-        if key not in fields:
-            raise ValueError(f"Unknown config key {where!r}; valid keys here are {', '.join(fields)}.")
-        values[key] = _coerce(hints[key], value, where)
-    return cls(**values)
+def config_class_of(config_file: str, params_override: str = "") -> type:
+    """Which config a file (with its overrides) is: RetrainConfig when it names a section or a
+    `train` key only a retrain has (export, qat; optimizer, lr_schedule, ...), SearchConfig
+    otherwise (the default command's), so `--mode=config` shows a file as the mode that reads it."""
+    text = Path(config_file).read_text() if Path(config_file).is_file() else ""
+    given = read_yaml(text, f"Config file {config_file!r}") or {}
+    if not isinstance(given, dict):
+        return SearchConfig  # load() names the problem
+    given = merge(given, parse_override(params_override))
 
+    def own(cls, other):
+        return {f.name for f in dataclasses.fields(cls)} - {f.name for f in dataclasses.fields(other)}
 
-def _coerce(hint, value, where):
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"Config key {where!r} must be a list; got {value!r}.")
-        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
-        return tuple(_coerce(item, v, where) for v in value)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        # YAML 1.1 reads 1e4 (no dot) as a string; Python's float syntax is what users mean.
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint in (int, str, bool) and type(value) is hint:
-        return value
-    if hint in (int, float, str, bool):
-        raise ValueError(f"Config key {where!r} must be {hint.__name__}; got {value!r}.")
-    return value
-
-
-def to_dict(config) -> dict:
-    def plain(value):
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return plain(dataclasses.asdict(config))
-
-
-def parse_override(text: str) -> dict:
-    """'a.b=1,c=x' or a YAML mapping -> nested dict."""
-    text = (text or "").strip()
-    if not text:
-        return {}
-    if text.startswith("{") or "\n" in text:
-        parsed = _yaml(text, "--params_override")
-        if not isinstance(parsed, dict):
-            raise ValueError(f"--params_override {text!r} is not a mapping.")
-        return parsed
-    result: dict = {}
-    for item in _split_top_level(text):
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"Malformed override {item!r}; expected key.subkey=value pairs separated by commas.")
-        node = result
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = _yaml(raw, f"--params_override {key.strip()}")
-    return result
-
-
-def _yaml(text: str, where: str):
-    """yaml.safe_load, its syntax errors as one line with the line and column."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ValueError(f"{where} is not valid YAML{at}: {problem}.") from None
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Splits on commas outside brackets, so 'a=[1,2],b=3' keeps the list whole."""
-    parts, depth, current = [], 0, ""
-    for char in text:
-        depth += char in "[{("
-        depth -= char in "]})"
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    return [p for p in parts if p.strip()]
-
-
-def merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def load(cls: type[T], config_file: str | None = None, params_override: str = "") -> T:
-    """Defaults of `cls`, then the YAML file, then the overrides."""
-    data: dict[str, Any] = {}
-    if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ValueError(f"Config file {config_file!r} does not exist.")
-        data = _yaml(path.read_text(), f"Config file {config_file!r}") or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"Config file {config_file!r} is not a mapping of sections (data:, train:, ...).")
-    data = merge(data, parse_override(params_override))
-    return from_dict(cls, data)
-
-
-def describe(config) -> str:
-    """Every key of `config`, as YAML that loads back, each with its type, default and the
-    comment beside its field in this file: `python main.py --mode=config` prints it."""
-    lines = []
-    for section in dataclasses.fields(config):
-        value = getattr(config, section.name)
-        cls = type(value)
-        hints, defaults, comments = typing.get_type_hints(cls), cls(), _field_comments(cls)
-        lines.append(f"{section.name}:")
-        for field in dataclasses.fields(value):
-            hint = hints[field.name]
-            kind = f"list of {typing.get_args(hint)[0].__name__}" if typing.get_origin(hint) is tuple else hint.__name__
-            note = f"{kind}, default {_inline(getattr(defaults, field.name))}"
-            if field.name in comments:
-                note += f"; {comments[field.name]}"
-            lines.append(f"  {field.name}: {_inline(getattr(value, field.name))}  # {note}")
-    return "\n".join(lines)
-
-
-def _inline(value) -> str:
-    plain = list(value) if isinstance(value, tuple) else value
-    return yaml.safe_dump(plain, default_flow_style=True).splitlines()[0]
-
-
-def _field_comments(cls) -> dict[str, str]:
-    """The `# ...` comment on each field's line of `cls`'s source."""
-    comments = {}
-    for line in "\n".join(inspect.getsource(c) for c in cls.__mro__[-2::-1]).splitlines():  # bases first
-        match = re.match(r"\s+(\w+):[^=]*=.*?#\s*(.+)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2)
-    return comments
-
-
-def to_yaml(config) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
-
-
-def save(config, path) -> None:
-    atomic.write_text(path, to_yaml(config))
+    sections = set(given)
+    train = set(given.get("train") or {}) if isinstance(given.get("train"), dict) else set()
+    retrain_only = sections & own(RetrainConfig, SearchConfig) or train & own(RecipeConfig, TrainConfig)
+    return RetrainConfig if retrain_only else SearchConfig

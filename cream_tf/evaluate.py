@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cream_tf import data, folders, native_logs
+from cream_tf import checkpoints, data, folders, native_logs
 from cream_tf.config import DataConfig
 
 QUANTIZED_DTYPES = (np.int8, np.uint8)
@@ -135,7 +135,7 @@ def predictor(source, normalization: tuple | None = None):
         return KerasPredictor(keras.models.load_model(path, compile=False), source=str(path))
     if path.is_dir() and (path / folders.KERAS_FILE).is_file():
         return KerasPredictor(keras.models.load_model(path / folders.KERAS_FILE, compile=False), "entry", str(path))
-    model, _ = folders.load_trained(path)  # raises, naming what is valid, for anything else
+    model, _ = checkpoints.load_trained(path)  # raises, naming what is valid, for anything else
     return KerasPredictor(model, "checkpoint", str(path))
 
 

@@ -10,6 +10,7 @@ failed export leaves nothing half-written behind.
 from __future__ import annotations
 
 import datetime
+import os
 import tempfile
 from pathlib import Path
 
@@ -31,18 +32,23 @@ from cream_tf.folders import (
 )
 
 
-def convert(converter) -> bytes:
-    """`converter.convert()`, its native log lines held (cream_tf.native_logs)."""
+def run_converter(converter) -> bytes:
+    """`converter.convert()` of a TFLite converter, its native log lines held (cream_tf.native_logs)."""
     with native_logs.held():
         return converter.convert()
 
 
 def to_tflite_float(saved_model_dir: Path) -> bytes:
-    return convert(tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir)))
+    return run_converter(tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir)))
 
 
-def to_tflite_int8(saved_model_dir: Path, calibration, input_type=tf.int8) -> bytes:
-    """Full-integer post-training quantization: int8 weights, activations, input and output.
+def to_tflite_int8(source, calibration, input_type=tf.int8) -> bytes:
+    """Full-integer quantization: int8 weights, activations, input and output.
+
+    `source` is a SavedModel folder (post-training quantization: `calibration` sets the
+    activation ranges) or a quantization-aware tf_keras model (cream_tf.qat: the ranges are its
+    fake-quantization ops', and the converter still asks for representative images when only
+    int8 ops are allowed).
 
     Integer input and output make the file run on integer-only hardware (Edge TPU, NPUs,
     microcontrollers) with no float op left; the caller quantizes normalized images with the
@@ -51,13 +57,16 @@ def to_tflite_int8(saved_model_dir: Path, calibration, input_type=tf.int8) -> by
     map of 8-bit pixels, so int8 input loses next to nothing. `calibration`: float32
     [N, S, S, C] normalized images that set the activation ranges.
     """
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    if isinstance(source, (str, os.PathLike)):
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(source))
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(source)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([image[None]] for image in calibration)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = input_type
     converter.inference_output_type = tf.int8
-    return convert(converter)
+    return run_converter(converter)
 
 
 def with_pixel_input(model: keras.Model, mean, std) -> keras.Model:
@@ -140,7 +149,7 @@ def add_tflite_metadata(folder: Path, metadata: dict, name: str, arch: Arch, lab
     return {
         "normalization": written,
         "units": "8-bit pixels (0-255)",
-        "labels": tflite_metadata.LABELS_FILE if labels else None,
+        "labels": LABELS_FILE if labels else None,
         "read": "cream_tf.tflite_metadata",
     }
 
@@ -179,10 +188,48 @@ def measure_formats(
     return accuracy
 
 
-def metadata_for(arch: Arch, *, weights_source: str, preprocessing: dict, extra: dict | None = None) -> dict:
+# Who writes entry folders; metadata.json's `produced_by`.
+PRODUCERS = ("export", "convert", "search", "retrain", "qat")
+# The keys of every entry's metadata.json, whoever wrote it (null where the writer does not know
+# the value: `data` and `labels` without data, `accuracy` and `tflite_int8` when not measured);
+# each writer adds its own record beside them (`search`, `retrain`, `checkpoint`, `quantization`).
+ENTRY_KEYS = (
+    "format_version",
+    "produced_by",
+    "architecture",
+    "input",
+    "preprocessing",
+    "flops",
+    "parameters",
+    "weights",
+    "data",
+    "labels",
+    "files",
+    "tflite_int8",
+    "accuracy",
+    "tflite_metadata",
+    "created",
+    "versions",
+)
+
+
+def metadata_for(
+    arch: Arch,
+    *,
+    produced_by: str,
+    weights_source: str,
+    preprocessing: dict | None,
+    data_config: DataConfig | None = None,
+    labels=None,
+    extra: dict | None = None,
+) -> dict:
+    """An entry's metadata.json with every key of ENTRY_KEYS; `extra` is the writer's own record."""
+    if produced_by not in PRODUCERS:
+        raise ValueError(f"produced_by={produced_by!r} is not valid; valid: {', '.join(PRODUCERS)}.")
     cost = cost_of(arch)
     data = {
-        "format_version": 1,
+        "format_version": 2,
+        "produced_by": produced_by,
         "architecture": arch.to_json(),
         "input": {
             "shape": [arch.input_size, arch.input_size, arch.in_channels],
@@ -194,7 +241,12 @@ def metadata_for(arch: Arch, *, weights_source: str, preprocessing: dict, extra:
         "flops": {"multiply_adds": cost.macs, "mflops": round(cost.macs / 1e6, 3)},
         "parameters": cost.params,
         "weights": weights_source,
+        "data": to_dict(data_config) if data_config is not None else None,  # what --mode=qat trains on
+        "labels": list(labels) if labels is not None else None,
         "files": {"keras": KERAS_FILE, "saved_model": SAVED_MODEL_DIR, "tflite_float32": TFLITE_FLOAT_FILE},
+        "tflite_int8": None,
+        "accuracy": None,
+        "tflite_metadata": None,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": {"cream_tf": cream_tf.__version__, "tensorflow": tf.__version__, "keras": keras.__version__},
     }
@@ -208,37 +260,47 @@ def write_entry(
     output_dir,
     *,
     weights_source: str,
-    preprocessing: dict,
+    preprocessing: dict | None = None,
+    produced_by: str = "export",
     extra_metadata: dict | None = None,
     overwrite: bool = False,
     data_config: DataConfig | None = None,
     export_config: ExportConfig | None = None,
     labels: tuple[str, ...] | None = None,
+    measure: bool = True,
 ) -> Path:
     """Exports `model` (built for `arch`) as a zoo entry folder at `output_dir`; returns its path.
 
-    With `data_config` (data the model fits) it also writes model_int8.tflite, calibrated on
-    training images (unless export_config.int8 is off), and measures every format's accuracy.
-    `labels` (default: the data's class names, where the source knows them) go to labels.txt
-    and metadata.json.
+    With `data_config` (data the model fits) metadata.json records it, with its preprocessing
+    (unless `preprocessing` is given) and class names (unless `labels` are; they also go to
+    labels.txt); and with `measure` it also writes model_int8.tflite, calibrated on training
+    images (unless export_config.int8 is off), and measures every format's accuracy.
     """
     export_config = export_config or ExportConfig()
     if labels is None and data_config is not None:
         labels = data.class_names(data_config)
+    if preprocessing is None and data_config is not None:
+        preprocessing = data.preprocessing_metadata(data_config)
     if labels is not None and len(labels) != arch.num_classes:
         raise ValueError(f"{len(labels)} class names for a model of {arch.num_classes} classes; give one per class.")
     with atomic.staged_folder(output_dir, overwrite=overwrite) as staging:
         model.save(staging / KERAS_FILE)
         model.export(str(staging / SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
         atomic.write_bytes(staging / TFLITE_FLOAT_FILE, to_tflite_float(staging / SAVED_MODEL_DIR))
-        metadata = metadata_for(arch, weights_source=weights_source, preprocessing=preprocessing, extra=extra_metadata)
+        metadata = metadata_for(
+            arch,
+            produced_by=produced_by,
+            weights_source=weights_source,
+            preprocessing=preprocessing,
+            data_config=data_config,
+            labels=labels,
+            extra=extra_metadata,
+        )
         if labels is not None:
             atomic.write_bytes(staging / LABELS_FILE, "".join(f"{name}\n" for name in labels).encode())
-            metadata["labels"] = list(labels)
-        if data_config is not None:
+        if data_config is not None and measure:
             evaluate.check_fits(evaluate.KerasPredictor(model), data_config)
             normalization = (preprocessing["mean"], preprocessing["std"])
-            metadata["data"] = to_dict(data_config)  # the data it was measured on, which --mode=qat trains on
             if export_config.int8:
                 count = min(export_config.calibration_images, data.num_examples(data_config, "train"))
                 calibration = data.sample_images(data_config, "train", count)

@@ -19,6 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cream_tf.keras_internals import rmsprop_mean_squares
+
 
 class PathSGD:
     """SGD with (Nesterov) momentum and coupled weight decay, as torch.optim.SGD.
@@ -142,7 +144,7 @@ class TFRMSprop(keras.optimizers.RMSprop):
         if self.built:
             return
         super().build(var_list)
-        for velocity in self._velocities:
+        for velocity in rmsprop_mean_squares(self):
             velocity.assign(tf.ones(velocity.shape, velocity.dtype))
 
 

@@ -42,8 +42,10 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from cream_tf import atomic, data, evaluate, export, folders, twin
 from cream_tf.arch import Arch
+from cream_tf.callbacks import Progress
 from cream_tf.config import RANGE_STATISTICS, DataConfig, RetrainConfig, from_dict
-from cream_tf.training import FitModel, Progress, TrainingRun
+from cream_tf.keras_internals import FitModel
+from cream_tf.training import TrainingRun
 
 quantize = tfmot.quantization.keras
 TWIN_CHECK_IMAGES = 8  # test images on which the twin must give the float model's outputs
@@ -179,20 +181,6 @@ def calibrate_ranges(
         max_var.assign(max(hi, 0.0))
 
 
-def to_tflite_int8(qat_model: tf_keras.Model, calibration) -> bytes:
-    """The QAT model as a full-integer TFLite file, int8 input and output as cream_tf.export's.
-
-    The ranges are the QAT model's own (its fake-quantization ops); the converter still asks for
-    representative images when only int8 ops are allowed."""
-    converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([image[None]] for image in calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return export.convert(converter)
-
-
 def graph_ops(tflite: bytes) -> list[tuple[str, list[str]]]:
     """Every op of a TFLite file (as written, before any delegate) with the types of its tensors."""
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
@@ -220,7 +208,7 @@ def read_entry(path) -> tuple[dict, DataConfig]:
             f"--model={str(path)!r} is not a cream_tf entry folder (it needs {folders.KERAS_FILE} and a "
             f"{folders.METADATA_FILE} with the architecture); valid is a folder that retrain or export wrote."
         )
-    if "data" not in meta:
+    if not meta.get("data"):
         raise ValueError(
             f"The entry {str(path)!r} has no data settings ('data' in {folders.METADATA_FILE}), so there is "
             "nothing to fine-tune on; valid is an entry written with data: a retrain's, or --mode=export "
@@ -229,7 +217,7 @@ def read_entry(path) -> tuple[dict, DataConfig]:
     return meta, from_dict(DataConfig, meta["data"], "data")
 
 
-class QatStep(FitModel):
+class QatModel(FitModel):
     """One QAT step on the tf_keras model inside Keras 3's `fit` (the run skeleton's).
 
     The target of each image mixes the float model's softmax (weight `distill`) with its smoothed
@@ -267,7 +255,7 @@ class QatStep(FitModel):
 class QatRun(TrainingRun):
     """QAT of the entry at `entry` in `model_dir` (resumed from its checkpoint), written to `output_dir`."""
 
-    RESULT_FILE = "qat_result.json"
+    RESULT_FILE = folders.QAT_RESULT_FILE
     REPORTING_KEYS = TrainingRun.REPORTING_KEYS + ("export.", "train.", "qat.enabled")
     SUMMED = ("loss", "correct")
 
@@ -314,7 +302,7 @@ class QatRun(TrainingRun):
         self.optimizer = tf_keras.optimizers.SGD(schedule, momentum=qat.momentum, nesterov=True)
         self.optimizer.build(self.model.trainable_variables)
         fixed = activation_range_variables(self.model) if qat.freeze_ranges else ()
-        self.trainer = QatStep(
+        self.trainer = QatModel(
             self.model, float_twin, self.optimizer, self.arch.num_classes, qat.label_smoothing, qat.distill, fixed
         )
         self.trainer.compile(jit_compile=False)
@@ -336,11 +324,11 @@ class QatRun(TrainingRun):
     def finish(self) -> dict:
         export_config, data_config = self.config.export, self.config.data
         calibration, count = self.calibration, len(self.calibration)
-        qat_file = to_tflite_int8(self.model, calibration)
+        qat_file = export.to_tflite_int8(self.model, calibration)
         left = float_ops(qat_file)
         if left:
             raise RuntimeError(f"The QAT model converted with float ops left: {left[:5]}; nothing was written.")
-        metadata = {k: v for k, v in self.metadata.items() if k not in ("accuracy", "tflite_int8")}
+        metadata = dict.fromkeys(export.ENTRY_KEYS) | self.metadata | {"format_version": 2, "produced_by": "qat"}
         with atomic.staged_folder(self.output_dir, overwrite=self.overwrite) as staging:
             for name in (folders.KERAS_FILE, folders.TFLITE_FLOAT_FILE, folders.LABELS_FILE):
                 if (self.entry / name).is_file():

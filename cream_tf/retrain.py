@@ -18,7 +18,7 @@ Layout of `model_dir` (written by the chief worker; names in cream_tf.folders):
     qat/, entry_qat/      with qat.enabled: the QAT fine-tune's run and its entry (cream_tf.qat)
     retrain_result.json   figures per exported format, timings, where the entry is
 
-Training runs in `keras.Model.fit` (cream_tf.training) with `RecipeModel.train_step`.
+Training runs in `keras.Model.fit` (cream_tf.training) with `RetrainModel.train_step`.
 
 Example (no output shown: a full run takes about half an hour on two CPU cores):
 
@@ -26,7 +26,7 @@ Example (no output shown: a full run takes about half an hour on two CPU cores):
     from cream_tf.arch import Arch
     config = config_lib.load(config_lib.RetrainConfig, "configs/retrain/fashion_mnist.yaml")
     arch = Arch.parse("[0][0][0][0][0]@28;in=1;classes=10;stem=16/1")
-    result = Retrainer(config, arch, "runs/retrain").run()
+    result = RetrainRun(config, arch, "runs/retrain").run()
     result["accuracy"]["top1"]      # measured per format on the test split
 """
 
@@ -41,13 +41,15 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from cream_tf import atomic, data, evaluate, export, folders, qat, zoo
+from cream_tf import atomic, checkpoints, data, evaluate, export, folders, qat, zoo
 from cream_tf import config as config_lib
 from cream_tf.arch import Arch
+from cream_tf.callbacks import Progress
 from cream_tf.childnet import build_child
 from cream_tf.config import RetrainConfig
+from cream_tf.keras_internals import FitModel
 from cream_tf.optim import RecipeSchedule, TFRMSprop, decays
-from cream_tf.training import FitModel, Progress, TrainingRun
+from cream_tf.training import TrainingRun
 
 
 def fit_to_data(arch: Arch, config: RetrainConfig) -> Arch:
@@ -115,7 +117,7 @@ def dtype_policy(name: str):
         keras.config.set_dtype_policy(previous)
 
 
-class RecipeModel(FitModel):
+class RetrainModel(FitModel):
     """The child net trained with the recipe's step (coupled L2, label smoothing, loss scaling
     under mixed precision) and, when EMA is on, an EMA copy of every weight updated after it."""
 
@@ -163,7 +165,7 @@ class RecipeModel(FitModel):
             average.assign(decay * average + (1.0 - decay) * tf.cast(value, average.dtype))
 
 
-class Retrainer(TrainingRun):
+class RetrainRun(TrainingRun):
     """One retrain run in `model_dir`; `run()` resumes from the latest checkpoint there.
 
     Args:
@@ -224,7 +226,7 @@ class Retrainer(TrainingRun):
                 self.ema_model.set_weights(self.model.get_weights())
             self.optimizer = self._optimizer()
             self.optimizer.build(self.model.trainable_variables)
-            self.trainer = RecipeModel(self.model, self.ema_model, self.recipe, config.data.batch_size)
+            self.trainer = RetrainModel(self.model, self.ema_model, self.recipe, config.data.batch_size)
             self.trainer.compile(optimizer=self.optimizer, jit_compile=False)
         self.history = []
 
@@ -249,7 +251,7 @@ class Retrainer(TrainingRun):
             )
         else:
             optimizer = keras.optimizers.SGD(schedule, momentum=recipe.momentum, nesterov=True)
-        # Weight decay is an L2 term of the loss (see RecipeModel), not Keras' decoupled kind.
+        # Weight decay is an L2 term of the loss (see RetrainModel), not Keras' decoupled kind.
         return keras.optimizers.LossScaleOptimizer(optimizer) if self.mixed else optimizer
 
     @property
@@ -302,8 +304,8 @@ class Retrainer(TrainingRun):
         """What is evaluated and exported: a float32 copy, outside any strategy, of the EMA weights
         when EMA is on (BatchNorm statistics recomputed if the recipe says so), else the weights."""
         with dtype_policy("float32"):
-            return folders.portable_model(
-                self.arch, (self.ema_model or self.model).get_weights(), folders.ema_calibration(self.config)
+            return checkpoints.portable_model(
+                self.arch, (self.ema_model or self.model).get_weights(), checkpoints.ema_calibration(self.config)
             )
 
     def evaluate(self, max_batches: int | None = None) -> float:
@@ -352,7 +354,7 @@ class Retrainer(TrainingRun):
             self.output_dir,
             overwrite=self.overwrite,
             weights_source=f"retrained {start} in {self.model_dir}, {self.epoch} epochs; {which}",
-            preprocessing=data.preprocessing_metadata(self.config.data),
+            produced_by="retrain",
             extra_metadata={
                 "retrain": {
                     "model_dir": str(self.model_dir),

@@ -28,11 +28,12 @@ from flatbuffers import number_types
 from flatbuffers.table import Table
 from tensorflow.lite.python import schema_py_generated as schema
 
+from cream_tf.folders import LABELS_FILE
+
 METADATA_NAME = "TFLITE_METADATA"
 FILE_IDENTIFIER = b"M001"
 # The fields written here all exist in schema 1.0.0, so every metadata parser understands them.
 MIN_PARSER_VERSION = "1.0.0"
-LABELS_FILE = "labels.txt"
 COLOR_SPACES = {"RGB": (1, 3), "GRAYSCALE": (2, 1)}  # name: (ColorSpaceType value, channels)
 _FEATURE, _IMAGE = 1, 2  # ContentProperties union members
 _NORMALIZATION = 1  # ProcessUnitOptions union member

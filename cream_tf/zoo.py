@@ -22,6 +22,7 @@ import keras
 from cream_tf import convert
 from cream_tf.arch import Arch
 from cream_tf.childnet import build_child
+from cream_tf.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 
 ZOO_FILE = Path(__file__).resolve().parents[1] / "zoo" / "published.json"
 
@@ -30,8 +31,8 @@ ZOO_FILE = Path(__file__).resolve().parents[1] / "zoo" / "published.json"
 IMAGENET_PREPROCESSING = {
     "color": "RGB",
     "scale": "x / 255",
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
+    "mean": list(IMAGENET_MEAN),
+    "std": list(IMAGENET_STD),
     "eval_resize": "resize shorter side to input_size / 0.875 (bilinear), center crop input_size",
 }
 

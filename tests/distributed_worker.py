@@ -32,7 +32,7 @@ import keras
 from cream_tf.arch import SearchSpace
 from cream_tf.config import SearchConfig
 from cream_tf.search.board import Entry, PrioritizedBoard
-from cream_tf.search.trainer import CreamTrainer
+from cream_tf.search.trainer import SearchModel
 from cream_tf.supernet import Supernet
 
 SPACE = SearchSpace.create(
@@ -70,7 +70,7 @@ def train(strategy, steps, initial=None, meta=True):
     config.cream.board_size = 2
     with strategy.scope():
         supernet = Supernet(SPACE)
-        trainer = CreamTrainer(supernet, config, BATCH)
+        trainer = SearchModel(supernet, config, BATCH)
         trainer.compile(optimizer=None)
     if initial is not None:  # the same starting point, whatever order initializers ran in
         for variable, value in zip(supernet.weights + trainer.meta.weights, initial):
@@ -108,12 +108,12 @@ def slice_error(strategy) -> str:
     """What a search says when each replica's share of the batch is less than two meta slices."""
     import tempfile
 
-    from cream_tf.search.run import Search
+    from cream_tf.search.run import SearchRun
 
     config = SearchConfig()
     config.data.batch_size = 8  # 4 per replica; the meta step needs 2 x cream.slice (4)
     try:
-        Search(config, tempfile.mkdtemp(), strategy=strategy)
+        SearchRun(config, tempfile.mkdtemp(), strategy=strategy)
     except ValueError as error:
         return str(error)
     return ""

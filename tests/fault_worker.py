@@ -23,7 +23,7 @@ from absl import logging
 from cream_tf import RunError
 from cream_tf import config as config_lib
 from cream_tf.config import SearchConfig
-from cream_tf.search.run import Search
+from cream_tf.search.run import SearchRun
 
 CONFIG, MODEL_DIR, FAULT = sys.argv[1:4]
 
@@ -42,7 +42,7 @@ class SignalInStep(keras.callbacks.Callback):
 
 
 logging.set_verbosity(logging.INFO)  # the resume and lock messages the test reads
-run = Search(config_lib.load(SearchConfig, CONFIG), MODEL_DIR, strategy=tf.distribute.get_strategy())
+run = SearchRun(config_lib.load(SearchConfig, CONFIG), MODEL_DIR, strategy=tf.distribute.get_strategy())
 if FAULT in ("kill", "sigterm"):
     callbacks = run.callbacks
     fault = SignalInStep(run, 4, signal.SIGKILL) if FAULT == "kill" else SignalInStep(run, 2, signal.SIGTERM)

@@ -368,7 +368,7 @@ def test_a_seed_fixes_order_and_augmentation_whatever_ran_before(tmp_path, op_de
     def batches(seed, config=config):
         return everything(data.load(config, "train_full", training=True, seed=seed, repeat=True).take(3))
 
-    tf.random.set_seed(0)  # the run's global seed, as Search and Retrain set it once at the start
+    tf.random.set_seed(0)  # the run's global seed, as SearchRun and RetrainRun set it once at the start
     first = batches(7)
     tf.random.uniform(())  # other random work in between moves TensorFlow's op-seed counter
     for a, b in zip(first, batches(7)):

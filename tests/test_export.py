@@ -56,6 +56,9 @@ def test_metadata_describes_the_model(entry):
     names = (path / "labels.txt").read_text().splitlines()
     assert names == meta["labels"] == list(data.FASHION_MNIST_CLASSES) and names[9] == "Ankle boot"
     assert "labels" not in meta["files"]  # `files` lists the model's formats, each one measured
+    # The schema every writer shares; what this writer did not know or measure is null.
+    assert set(meta) == set(export.ENTRY_KEYS) and meta["produced_by"] == "export"
+    assert meta["data"] is meta["accuracy"] is meta["tflite_int8"] is None
 
 
 def test_tflite_file_carries_litert_metadata(entry):

@@ -1,14 +1,13 @@
 """`main.py --local_workers=N`: the launcher's command line, its errors and how it ends; and the
 lines a finished search ends with. (Two real workers training together: tests/test_search.py.)"""
 
-import importlib.util
 import os
 import time
 from unittest import mock
 
 import pytest
 
-from cream_tf import launch
+from cream_tf import commands, launch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,21 +48,17 @@ def test_a_failing_worker_stops_the_others_and_gives_its_status(tmp_path, capfd)
 
 
 def test_a_finished_search_names_its_results_and_the_next_command():
-    spec = importlib.util.spec_from_file_location("cream_main", os.path.join(REPO, "main.py"))
-    main = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(main)
     winner = {"arch": "[3][3]@28", "mflops": 11.5, "val_top1": 90.1, "test_top1": 89.7, "entry": "zoo/board_03"}
-    lines = main.search_summary(winner, "runs/s").splitlines()
+    lines = commands.search_summary(winner, "runs/s").splitlines()
     assert lines[0] == (
         "selected [3][3]@28: 11.5 MFLOPs, held-out top-1 90.1%, test top-1 89.7%; zoo entry runs/s/zoo/board_03"
     )
     assert "runs/s/search_result.json" in lines[1] and "runs/s/search_plot.png" in lines[1]
     assert lines[-1].split() == [
-        "python",
-        "main.py",
+        "cream-tf",
         "--mode=retrain",
         "--search_result=runs/s/search_result.json",
         "--weights=runs/s/zoo/board_03",
         "--model_dir=runs/retrain",
     ]
-    assert "--weights" not in main.search_summary({**winner, "entry": None}, "runs/s")
+    assert "--weights" not in commands.search_summary({**winner, "entry": None}, "runs/s")

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from cream_tf import data, evaluate, export, qat, training, twin
+from cream_tf import data, evaluate, export, qat, run_guard, twin
 from cream_tf.arch import Arch
 from cream_tf.childnet import build_child
 from cream_tf.config import DataConfig, ExportConfig, QatConfig, RetrainConfig
@@ -105,7 +105,7 @@ def quantized(child, tmp_path_factory):
     tf_keras.utils.set_random_seed(0)  # the same four steps on every run: the tolerances below are measured
     qat_model.fit(inputs, labels, batch_size=16, epochs=1, verbose=0, shuffle=False)
     path = tmp_path_factory.mktemp("qat") / "model_int8.tflite"
-    path.write_bytes(qat.to_tflite_int8(qat_model, inputs[:16]))
+    path.write_bytes(export.to_tflite_int8(qat_model, inputs[:16]))
     return qat_model, path, inputs
 
 
@@ -201,7 +201,7 @@ def test_the_qat_step_learns_the_float_models_softmax_and_the_smoothed_labels(ch
         Arch.parse(str(TINY).replace("dropout=0.2", "dropout=0"))
     )  # no dropout: the same pass twice
     labels = np.arange(len(images)) % 10
-    step = qat.QatStep(student, teacher, tf_keras.optimizers.SGD(0.0), 10, label_smoothing=0.1, distill=distill)
+    step = qat.QatModel(student, teacher, tf_keras.optimizers.SGD(0.0), 10, label_smoothing=0.1, distill=distill)
     loss = float(step.train_step((tf.constant(images), tf.constant(labels)))["loss"])
     softmax = lambda z: (
         np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)
@@ -266,6 +266,7 @@ def test_cli_qat_writes_an_entry_with_every_formats_accuracy(folder_entry):
     entry = root / "qat_entry"
     meta = json.loads((entry / "metadata.json").read_text())
     assert meta["quantization"]["method"] == "qat" and meta["quantization"]["steps"] == 3
+    assert set(meta) == {*export.ENTRY_KEYS, "quantization"} and meta["produced_by"] == "qat"
     assert set(meta["accuracy"]["top1"]) == {
         "keras",
         "tflite_float32",
@@ -297,7 +298,7 @@ def test_a_qat_run_stopped_mid_way_resumes_where_it_stopped(folder_entry, tmp_pa
 
     stopped = make()
     stopped.callbacks = lambda: [SigintAfterStepTwo()]
-    with pytest.raises(training.Interrupted, match="after step 2"):
+    with pytest.raises(run_guard.Interrupted, match="after step 2"):
         stopped.train()
     at_stop = [v.numpy() for v in [*stopped.model.weights, *stopped.optimizer.variables]]
     resumed = make()
@@ -358,7 +359,7 @@ def test_cli_qat_refuses_bad_input_before_work(folder_entry, args, message, tmp_
     root = folder_entry
     if "--model=NO_DATA" in args:
         meta = json.loads((root / "entry" / "metadata.json").read_text())
-        meta.pop("data")
+        meta["data"] = None  # as an entry written without data
         (tmp_path / "bare").mkdir()
         (tmp_path / "bare" / "model.keras").write_bytes((root / "entry" / "model.keras").read_bytes())
         (tmp_path / "bare" / "metadata.json").write_text(json.dumps(meta))

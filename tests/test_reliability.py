@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from test_search import REPO, TINY, _final_state, _tiny, assert_same_state
 
-from cream_tf import RunError, atomic, training
+from cream_tf import RunError, atomic, folders, run_guard
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,7 +51,7 @@ def test_a_search_killed_anywhere_resumes_to_the_same_end(tmp_path):
         assert ended.returncode == code, (fault, ended.stderr[-3000:])
         assert not (model_dir / "done.json").exists()
         # SIGTERM ends cleanly, lock released; a killed run leaves its lock, which the next run takes over.
-        assert (model_dir / training.LOCK_FILE).exists() == (code < 0), fault
+        assert (model_dir / folders.LOCK_FILE).exists() == (code < 0), fault
         if fault == "sigterm":
             assert "Error: Stopped by SIGTERM in epoch 2 after step 2" in ended.stderr, ended.stderr[-3000:]
             newest = max((model_dir / "checkpoints").glob("ckpt-*.index"), key=lambda p: int(p.stem.split("-")[1]))
@@ -74,24 +74,24 @@ def test_a_changed_config_is_refused_and_no_usable_checkpoint_is_one_clear_error
     """One tiny search, stopped after its first epoch: resuming it with changed training settings
     is refused naming the keys, with a changed reporting one it finishes; its checkpoints then
     damaged, a resume is one error naming each."""
-    from cream_tf.search.run import Search
+    from cream_tf.search.run import SearchRun
 
     run_dir = tmp_path / "run"
-    first = Search(_tiny(tmp_path, "selection.export=false"), run_dir, strategy=tf.distribute.get_strategy())
+    first = SearchRun(_tiny(tmp_path, "selection.export=false"), run_dir, strategy=tf.distribute.get_strategy())
     assert first.run(stop_at_epoch=1) is None
     recorded = (run_dir / "config.yaml").read_text()
-    changed = Search(_tiny(tmp_path, "data.batch_size=16,cream.board_size=3"), run_dir)
+    changed = SearchRun(_tiny(tmp_path, "data.batch_size=16,cream.board_size=3"), run_dir)
     with pytest.raises(RunError, match=r"cream.board_size=2 there, 3 now, data.batch_size=32 there, 16 now"):
         changed.run()
     assert (run_dir / "config.yaml").read_text() == recorded
-    assert not (run_dir / training.LOCK_FILE).exists()
+    assert not (run_dir / folders.LOCK_FILE).exists()
     # Selection settings only change what is reported: the run resumes and finishes.
-    finished = Search(_tiny(tmp_path, "selection.export=false,selection.eval_batches=1"), run_dir)
+    finished = SearchRun(_tiny(tmp_path, "selection.export=false,selection.eval_batches=1"), run_dir)
     assert finished.run()["winner"] is not None
 
     for data in (run_dir / "checkpoints").glob("ckpt-*.data*"):
         data.write_bytes(data.read_bytes()[:100])
-    again = Search(_tiny(tmp_path, "selection.export=false"), run_dir, strategy=tf.distribute.get_strategy())
+    again = SearchRun(_tiny(tmp_path, "selection.export=false"), run_dir, strategy=tf.distribute.get_strategy())
     with pytest.raises(RunError, match=r"No usable checkpoint in .*ckpt-2: .*; ckpt-1: "):
         again.restore()
 
@@ -99,7 +99,7 @@ def test_a_changed_config_is_refused_and_no_usable_checkpoint_is_one_clear_error
 def test_one_run_per_folder(tmp_path):
     model_dir = tmp_path / "run"
     model_dir.mkdir()
-    lock = model_dir / training.LOCK_FILE
+    lock = model_dir / folders.LOCK_FILE
     lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "today"}))
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
@@ -112,20 +112,20 @@ def test_one_run_per_folder(tmp_path):
     )
     assert second.returncode != 0
     assert f"Error: {model_dir} is in use by pid {os.getpid()}" in second.stderr, second.stderr[-2000:]
-    assert sorted(p.name for p in model_dir.iterdir()) == [training.LOCK_FILE]
+    assert sorted(p.name for p in model_dir.iterdir()) == [folders.LOCK_FILE]
     # A lock left by a process that has ended is taken over.
     ended = subprocess.Popen(["true"])
     ended.wait()
     lock.write_text(json.dumps({"pid": ended.pid, "host": socket.gethostname(), "since": "yesterday"}))
-    with training.lock(model_dir):
+    with run_guard.folder_lock(model_dir):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
 
 
 def test_divergence_stops_the_search_and_exports_nothing(tmp_path):
-    from cream_tf.search.run import Search
+    from cream_tf.search.run import SearchRun
 
-    run = Search(_tiny(tmp_path, "train.lr=1e4"), tmp_path / "run", strategy=tf.distribute.get_strategy())
+    run = SearchRun(_tiny(tmp_path, "train.lr=1e4"), tmp_path / "run", strategy=tf.distribute.get_strategy())
     with pytest.raises(RunError, match=r"Training diverged in epoch 1, step \d+: loss is nan .*train.lr=10000.0"):
         run.run()
     assert len(run.board) == 0
@@ -142,7 +142,7 @@ def test_json_never_holds_nan(tmp_path):
 def test_bad_input_is_one_error_naming_the_value_before_anything_is_written(tmp_path):
     from cream_tf import config as config_lib
     from cream_tf.config import RetrainConfig, SearchConfig
-    from cream_tf.search.run import Search
+    from cream_tf.search.run import SearchRun
 
     broken = tmp_path / "broken.yaml"
     broken.write_text("train:\n  epochs: 3\n  lr: [0.1,\n")
@@ -163,5 +163,55 @@ def test_bad_input_is_one_error_naming_the_value_before_anything_is_written(tmp_
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     with pytest.raises(ValueError, match=f"model_dir '{a_file}/run' cannot be a folder: '{a_file}' is a file"):
-        Search(_tiny(tmp_path), a_file / "run", strategy=tf.distribute.get_strategy())
+        SearchRun(_tiny(tmp_path), a_file / "run", strategy=tf.distribute.get_strategy())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "broken.yaml", "tiny.yaml"]
+
+
+class _Run:
+    """What the signal handler reads of a run."""
+
+    def __init__(self, steps_since_save):
+        self.stop_signal, self.steps_since_save, self.model_dir = 0, steps_since_save, Path("runs/x")
+
+
+def test_a_signal_with_nothing_to_save_or_a_second_one_stops_at_once():
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    nothing_done = run_guard.stop_on_signals(_Run(0), workers=1)
+    with nothing_done, pytest.raises(run_guard.StoppedAtOnce, match="before any step since the last") as stopped:
+        os.kill(os.getpid(), signal.SIGINT)
+    assert stopped.value.exit_code == 130
+    run = _Run(3)
+    with run_guard.stop_on_signals(run, workers=1):
+        os.kill(os.getpid(), signal.SIGTERM)  # steps to save: the run finishes its step first
+        assert run.stop_signal == signal.SIGTERM
+        with pytest.raises(run_guard.StoppedAtOnce, match="second SIGINT") as stopped:
+            os.kill(os.getpid(), signal.SIGINT)
+    assert stopped.value.exit_code == 130
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers put back
+
+
+def test_ctrl_c_while_the_first_step_is_built_ends_at_once_in_one_line(tmp_path):
+    """As a user presses Ctrl-C while the graph is built: nothing trained yet, so the run ends at
+    once (exit 130) with one line, no traceback, and its folder unlocked."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    model_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), "--mode=search", f"--config_file={config}", f"--model_dir={model_dir}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if "Building the train step's graph" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 130, "".join(lines) + rest
+    assert "Traceback" not in rest, rest
+    assert rest.strip().splitlines()[-1].startswith("Error: Stopped by SIGINT before any step"), rest
+    assert not (model_dir / folders.LOCK_FILE).exists()
+    assert not list((model_dir / folders.CHECKPOINTS).glob("ckpt-*.index"))

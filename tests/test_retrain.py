@@ -70,7 +70,7 @@ def trained(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("retrain")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(data, "load", recording_load)
-        trainer = retrain.Retrainer(
+        trainer = retrain.RetrainRun(
             tiny_config(**{"train.ema_decay": 0.9, "train.ema_warmup": "true"}), TINY, model_dir
         )
         result = trainer.run()
@@ -116,7 +116,7 @@ def test_ema_batchnorm_statistics_can_be_recomputed_for_short_runs(trained, monk
 
 
 def test_with_ema_off_the_last_weights_are_exported(tmp_path):
-    trainer = retrain.Retrainer(tiny_config(**{"train.ema_decay": 0.0}), TINY, tmp_path)
+    trainer = retrain.RetrainRun(tiny_config(**{"train.ema_decay": 0.0}), TINY, tmp_path)
     assert trainer.ema_model is None
     assert all(np.array_equal(a, b) for a, b in zip(trainer.export_model().get_weights(), trainer.model.get_weights()))
 
@@ -154,6 +154,7 @@ def test_int8_tflite_runs_and_agrees_with_float(trained):
     agree = np.mean(int8(images).argmax(-1) == float32(images).argmax(-1))
     assert agree >= 0.8, f"int8 and float agree on {agree:.0%} of the images"
     meta = json.loads((entry / "metadata.json").read_text())
+    assert set(meta) == {*export.ENTRY_KEYS, "retrain"} and meta["produced_by"] == "retrain"
     assert meta["files"]["tflite_int8"] == "model_int8.tflite"
     assert meta["tflite_int8"]["input"]["dtype"] == "int8" and meta["tflite_int8"]["calibration"]["images"] == 64
     # Both files carry LiteRT metadata with the float input's normalization (cream_tf.tflite_metadata).
@@ -282,11 +283,11 @@ def test_paired_top1_statistics_match_hand_computed_examples():
 
 def test_retrain_resumes_after_a_stop_at_the_right_epoch(tmp_path):
     config = tiny_config(**{"train.epochs": 3, "train.steps_per_epoch": 2, "export.enabled": "false"})
-    first = retrain.Retrainer(config, TINY, tmp_path)
+    first = retrain.RetrainRun(config, TINY, tmp_path)
     assert first.run(stop_at_epoch=2) is None  # as a kill right after the second checkpoint
     at_stop = first.model.get_weights()
 
-    second = retrain.Retrainer(config, TINY, tmp_path)
+    second = retrain.RetrainRun(config, TINY, tmp_path)
     assert second.restore() and second.epoch == 2
     assert all(np.array_equal(a, b) for a, b in zip(at_stop, second.model.get_weights()))
     assert int(second.optimizer.iterations.numpy()) == 2 * 2
@@ -326,7 +327,7 @@ def test_retrain_starts_from_a_search_result_and_inherited_weights(trained, tmp_
     result.write_text(json.dumps({"winner": {"arch": str(TINY.replace(dropout=0.0)), "val_top1": 80.0}}))
     arch = retrain.arch_from(search_result=str(result))
     assert arch.choices == TINY.choices
-    trainer = retrain.Retrainer(tiny_config(), arch, tmp_path / "run", weights=str(entry))
+    trainer = retrain.RetrainRun(tiny_config(), arch, tmp_path / "run", weights=str(entry))
     donor = keras.models.load_model(entry / "model.keras", compile=False).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(donor, trainer.model.get_weights()))
     assert all(np.array_equal(a, b) for a, b in zip(donor, trainer.ema_model.get_weights()))
@@ -364,7 +365,7 @@ def test_bad_sources_are_refused_with_what_is_valid(trained, tmp_path):
     with pytest.raises(ValueError, match="is not a retrain model_dir with a checkpoint"):
         evaluate.evaluate(tmp_path, trainer.config.data, "test", 1)
     with pytest.raises(ValueError, match="holds a run of .*valid are the same architecture"):
-        retrain.Retrainer(trainer.config, Arch.parse("[1][0][0][0][0]@28;in=1;classes=10;stem=8/1"), entry.parent)
+        retrain.RetrainRun(trainer.config, Arch.parse("[1][0][0][0][0]@28;in=1;classes=10;stem=8/1"), entry.parent)
 
 
 def test_cli_eval_prints_the_figures(trained):
@@ -392,7 +393,7 @@ def test_mixed_precision_trains_in_float16_and_exports_float32(tmp_path, monkeyp
     real = tf.config.list_logical_devices
     monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else real(kind))
     config = tiny_config(**{"train.epochs": 1, "train.steps_per_epoch": 2, "export.enabled": "false"})
-    trainer = retrain.Retrainer(config, TINY, tmp_path, strategy=tf.distribute.get_strategy())
+    trainer = retrain.RetrainRun(config, TINY, tmp_path, strategy=tf.distribute.get_strategy())
     assert trainer.model.get_layer("conv_stem").compute_dtype == "float16"
     assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
     before = trainer.model.get_weights()
@@ -420,7 +421,7 @@ def test_retrain_configs_load_and_fit_their_models(path):
 def test_divergence_stops_the_retrain_and_exports_nothing(tmp_path):
     from cream_tf import RunError
 
-    trainer = retrain.Retrainer(tiny_config(**{"train.lr": 1e6}), TINY, tmp_path / "run")
+    trainer = retrain.RetrainRun(tiny_config(**{"train.lr": 1e6}), TINY, tmp_path / "run")
     diverged = r"Training diverged in epoch 1, step \d+: loss is (nan|inf) .*train.lr=1000000.0"
     with pytest.raises(RunError, match=diverged):
         trainer.run()
@@ -435,7 +436,7 @@ def test_qat_follows_the_retrain_when_enabled(tmp_path):
     settings = {"train.steps_per_epoch": 2, "export.eval_batches": 1, "export.calibration_images": 16}
     settings["export.int8"] = "false"
     config = tiny_config(**settings, **{"qat.enabled": "true", "qat.steps": 2, "qat.batch_size": 16})
-    result = retrain.Retrainer(config, TINY, tmp_path).run()
+    result = retrain.RetrainRun(config, TINY, tmp_path).run()
     entry = tmp_path / "entry_qat"
     assert result["qat"]["entry"] == str(entry) and result["qat"]["steps"] == 2
     meta = json.loads((entry / "metadata.json").read_text())

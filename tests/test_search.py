@@ -16,15 +16,15 @@ import pytest
 import tensorflow as tf
 
 from cream_tf import config as config_lib
-from cream_tf import launch
+from cream_tf import export, launch
 from cream_tf.arch import SearchSpace
 from cream_tf.config import SearchConfig
 from cream_tf.flops import flops_of
 from cream_tf.search.board import Entry, PrioritizedBoard
-from cream_tf.search.run import Search
+from cream_tf.search.run import SearchRun
 from cream_tf.search.sampler import PathSampler
 from cream_tf.search.selection import PathEvaluator
-from cream_tf.search.trainer import CreamTrainer, soft_cross_entropy
+from cream_tf.search.trainer import SearchModel, soft_cross_entropy
 from cream_tf.supernet import Supernet
 
 HERE = Path(__file__).resolve().parent
@@ -109,7 +109,7 @@ def trainer():
     config.cream.board_size = 3
     config.train.weight_decay = 1e-4
     supernet = Supernet(SPACE)
-    trainer = CreamTrainer(supernet, config, global_batch_size=16)
+    trainer = SearchModel(supernet, config, global_batch_size=16)
     trainer.compile(optimizer=None)
     return trainer
 
@@ -441,7 +441,7 @@ def scalars(run_dir, tag) -> dict[int, float]:
 
 
 def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, capfd):
-    whole = Search(_tiny(tmp_path), tmp_path / "whole", strategy=tf.distribute.get_strategy())
+    whole = SearchRun(_tiny(tmp_path), tmp_path / "whole", strategy=tf.distribute.get_strategy())
     meta_before = [v.numpy() for v in whole.trainer.meta.trainable_variables]
     # cream_tf logs through absl's logger; read it there, whatever level or propagation other
     # libraries loaded in this process have given it.
@@ -501,16 +501,19 @@ def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, capfd):
     ]  # one format for paths and accuracies in both files
     meta = json.loads((entry / "metadata.json").read_text())
     assert meta["architecture"]["string"] == winner["arch"]
+    # The schema every writer shares, with the data it was searched on (what --mode=qat trains on).
+    assert set(meta) == {*export.ENTRY_KEYS, "search"} and meta["produced_by"] == "search"
+    assert meta["data"] == config_lib.to_dict(_tiny(tmp_path).data) and meta["preprocessing"]["input_size"] == 16
     assert (entry / "labels.txt").read_text().splitlines()[:2] == ["T-shirt/top", "Trouser"]  # Fashion-MNIST's
     loaded = keras.models.load_model(entry / "model.keras")
     assert loaded.input_shape == (None, 16, 16, 1)
 
     # Killed after the first epoch's checkpoint, then resumed by a new process-like run.
     resumed_dir = tmp_path / "resumed"
-    first = Search(_tiny(tmp_path, "selection.export=false"), resumed_dir, strategy=tf.distribute.get_strategy())
+    first = SearchRun(_tiny(tmp_path, "selection.export=false"), resumed_dir, strategy=tf.distribute.get_strategy())
     assert first.run(stop_at_epoch=1) is None  # as a kill right after the first checkpoint
     assert not (resumed_dir / "search_result.json").exists()
-    second = Search(_tiny(tmp_path, "selection.export=false"), resumed_dir, strategy=tf.distribute.get_strategy())
+    second = SearchRun(_tiny(tmp_path, "selection.export=false"), resumed_dir, strategy=tf.distribute.get_strategy())
     second.run()
     assert second.board.summary() == whole.board.summary()
     assert_same_state(_final_state(run_dir), _final_state(resumed_dir))
@@ -556,5 +559,5 @@ def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sources, "FASHION_MNIST_DIRS", (str(tmp_path / "nowhere"),))
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        Search(_tiny(tmp_path), tmp_path / "run", strategy=tf.distribute.get_strategy())
+        SearchRun(_tiny(tmp_path), tmp_path / "run", strategy=tf.distribute.get_strategy())
     assert not (tmp_path / "run").exists()

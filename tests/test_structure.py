@@ -19,9 +19,10 @@ LAYERS = [
         "cream_tf.atomic",
         "cream_tf.arch",
         "cream_tf.launch",
-        "cream_tf.tflite_metadata",
         "cream_tf.native_logs",
+        "cream_tf.folders",
     ],
+    ["cream_tf.typed_yaml", "cream_tf.run_guard", "cream_tf.tflite_metadata"],
     ["cream_tf.config", "cream_tf.flops", "cream_tf.blocks"],
     [
         "cream_tf.childnet",
@@ -30,15 +31,17 @@ LAYERS = [
         "cream_tf.data.held_out",
         "cream_tf.data.augment",
     ],
-    ["cream_tf.convert", "cream_tf.twin", "cream_tf.data.sources"],
+    ["cream_tf.convert", "cream_tf.twin", "cream_tf.data.sources", "cream_tf.keras_internals", "cream_tf.callbacks"],
     ["cream_tf.data.pipeline"],
     ["cream_tf.data"],
-    ["cream_tf.zoo", "cream_tf.supernet", "cream_tf.folders"],
+    ["cream_tf.zoo", "cream_tf.supernet", "cream_tf.checkpoints"],
     ["cream_tf.evaluate", "cream_tf.optim", "cream_tf.training"],
     ["cream_tf.export", "cream_tf.search.board", "cream_tf.search.sampler", "cream_tf.search"],
     ["cream_tf.qat"],
     ["cream_tf.search.trainer", "cream_tf.search.selection", "cream_tf.retrain"],
     ["cream_tf.search.run"],
+    ["cream_tf.commands"],
+    ["cream_tf.cli"],
 ]
 
 

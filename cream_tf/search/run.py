@@ -25,14 +25,15 @@ from absl import logging
 
 from cream_tf import atomic, folders
 from cream_tf.arch import SearchSpace
+from cream_tf.callbacks import Progress
 from cream_tf.config import SearchConfig
 from cream_tf.flops import depths_for_flops_range
 from cream_tf.optim import linear_decay
 from cream_tf.search.board import Entry, PrioritizedBoard
 from cream_tf.search.sampler import PathSampler
-from cream_tf.search.trainer import CreamTrainer
+from cream_tf.search.trainer import SearchModel
 from cream_tf.supernet import Supernet
-from cream_tf.training import Progress, TrainingRun
+from cream_tf.training import TrainingRun
 
 
 def build_space(config: SearchConfig) -> SearchSpace:
@@ -50,7 +51,7 @@ def build_space(config: SearchConfig) -> SearchSpace:
     return SearchSpace.create(depths, **settings)
 
 
-class Search(TrainingRun):
+class SearchRun(TrainingRun):
     """One search run in `model_dir`; `run()` resumes from the latest checkpoint there, then
     selects and exports."""
 
@@ -102,7 +103,7 @@ class Search(TrainingRun):
         )
         with self.strategy.scope():
             self.supernet = Supernet(self.space)
-            self.trainer = CreamTrainer(self.supernet, config, config.data.batch_size)
+            self.trainer = SearchModel(self.supernet, config, config.data.batch_size)
             self.trainer.compile(optimizer=None, jit_compile=train.jit_compile)
         self.board = PrioritizedBoard(config.cream.board_size, config.cream.accuracy_gap)
         # history: per step (macs, top-1, matching value m, teacher index; -1 without a teacher)
@@ -140,7 +141,7 @@ class Search(TrainingRun):
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
         return [
-            _SearchStep(self),
+            _SampleAndAdmit(self),
             Progress(self, self.progress_values, stateful=["board", "board_best", "board_worst"]),
         ]
 
@@ -195,11 +196,11 @@ def _top1(logs: dict) -> float:
     return 100.0 * float(logs["correct"]) / float(logs["count"])
 
 
-class _SearchStep(keras.callbacks.Callback):
+class _SampleAndAdmit(keras.callbacks.Callback):
     """The host's part of every step: before it, the path, learning rate and flags; after it,
     board admission, history and TensorBoard."""
 
-    def __init__(self, search: Search):
+    def __init__(self, search: SearchRun):
         super().__init__()
         self.search = search
         self.macs = 0

@@ -98,7 +98,6 @@ def select_and_export(search) -> dict:
     best = max(range(len(rows)), key=lambda i: (rows[i]["val_top1"], -rows[i]["mflops"]))
     test = evaluator.top1(search.board.entries[best].path, data.load(config.data, "test", training=False))
     result["winner"] = dict(rows[best], test_top1=round(test, 3))
-    preprocessing, labels = data.preprocessing_metadata(config.data), data.class_names(config.data)
     for row, (child, arch) in zip(rows, models):
         row["winner"] = row["board_rank"] == best
         if config.selection.export:
@@ -111,8 +110,9 @@ def select_and_export(search) -> dict:
                 overwrite=True,
                 weights_source=f"inherited from the supernet in {search.model_dir} (BatchNorm "
                 f"{'recalibrated' if config.selection.recalibrate_bn else 'as trained'})",
-                preprocessing=preprocessing,
-                labels=labels,
+                produced_by="search",
+                data_config=config.data,
+                measure=False,  # the board's paths are measured on held-out data above
                 extra_metadata={"search": row},
             )
             row["entry"] = str(folder.relative_to(search.model_dir))  # within model_dir, wherever that moves

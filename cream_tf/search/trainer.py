@@ -1,6 +1,6 @@
 """The Cream training step, the meta network and its update, as a Keras model trained by `fit`.
 
-`CreamTrainer.train_step` (Keras' hook, driven by `model.fit`) trains one sampled path on one
+`SearchModel.train_step` (Keras' hook, driven by `model.fit`) trains one sampled path on one
 batch: plain cross-entropy during warm-up (or with pick_method 'none'), then distillation from
 the board path the meta network picks, loss = (m * KD + (2 - m) * CE) / 2 with m the matching
 value of that teacher. On the steps the host asks for a meta update (one in
@@ -17,10 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cream_tf.keras_internals import FitModel, make_step_function
 from cream_tf.optim import PathSGD, decays
 from cream_tf.search.board import PrioritizedBoard
 from cream_tf.supernet import Supernet
-from cream_tf.training import FitModel
 
 
 class MetaMatchingNetwork(keras.layers.Layer):
@@ -51,7 +51,7 @@ def soft_cross_entropy(target_probs, logits):
     return -tf.reduce_sum(target_probs * tf.nn.log_softmax(logits), axis=-1)
 
 
-class CreamTrainer(FitModel):
+class SearchModel(FitModel):
     """The supernet, the meta network, their optimizers and the board's device copy; build it
     inside the strategy's scope, then `compile()` and `fit`.
 
@@ -122,13 +122,13 @@ class CreamTrainer(FitModel):
         As one graph with the meta update under a condition, every start built both (the meta
         update's forwards and backwards are most of it) before the first step, though it runs once
         in `meta_update_every` steps and never before the board fills. Both are made by Keras' own
-        `_make_function` (keras/src/backend/tensorflow/trainer.py, keras pinned): given batches
-        rather than an iterator it runs its step on each, so `fit`, `train_on_batch` and the
-        strategies drive them as any train step; the batch is drawn here, outside the graphs.
+        step-function maker (cream_tf.keras_internals.make_step_function): given batches rather
+        than an iterator it runs its step on each, so `fit`, `train_on_batch` and the strategies
+        drive them as any train step; the batch is drawn here, outside the graphs.
         """
         if self.train_function is not None and not force:
             return self.train_function
-        train, meta = self._make_function(self.train_step), self._make_function(self.meta_update)
+        train, meta = make_step_function(self, self.train_step), make_step_function(self, self.meta_update)
 
         def train_function(iterator):
             batch = [next(iterator)]
