@@ -33,8 +33,8 @@ BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 
 def conv_initializer():
     """Keras' glorot uniform, kept on measurement: the official init (timm's `_init_weight_goog`,
-    He normal over fan-out) trained the default search's supernet slower, 30.9% against 43.4%
-    mean training top-1 over steps 150-200 (benchmarks/search_dynamics.py init, RESULTS.md)."""
+    He normal over fan-out) trained the default search's supernet slower (benchmarks/
+    search_dynamics.py init; figures in RESULTS.md)."""
     return "glorot_uniform"
 
 
@@ -205,7 +205,8 @@ class Block(keras.layers.Layer):
         kwargs.setdefault("name", spec.name)
         super().__init__(**kwargs)
         self.spec = spec
-        # Attributes in this order, so Keras tracks the layers (and orders their weights) as before.
+        # Attributes in the order block_layers gives them: Keras tracks the layers, and so orders
+        # the block's weights, in the order they are set, the same in every network built of it.
         for field, value in block_layers(spec, KERAS_FUSED if fused_bn else KERAS, drop_path)._asdict().items():
             setattr(self, field, value)
 

@@ -213,7 +213,7 @@ class TrainConfig(Checkpointing):
     label_smoothing: float = 0.1
     seed: int = 42
     deterministic: bool = False  # TF op determinism (slower; exact resume)
-    jit_compile: bool = False  # XLA made a CPU training step ~10x slower here; measure before enabling
+    jit_compile: bool = False  # XLA; slower on CPUs (benchmarks/RESULTS.md): measure before enabling
 
 
 @dataclasses.dataclass
@@ -323,9 +323,7 @@ class QatConfig(Checkpointing):
 
     enabled: bool = False  # retrain: fine-tune the retrained entry with QAT into model_dir/entry_qat
     steps: int = 300  # fine-tuning steps
-    # Peak learning rate. On the Fashion-MNIST winner (benchmarks/RESULTS.md) 0.001 with no label
-    # smoothing cost the fake-quantized model 0.44 points of test top-1; 0.0001 with 0.1, 0.05.
-    lr: float = 0.0001
+    lr: float = 0.0001  # peak; larger rates lose more top-1 in the fine-tune (benchmarks/RESULTS.md)
     momentum: float = 0.9
     batch_size: int = 0  # images per step; 0 = the entry's data.batch_size
     train_split: str = "train_full"  # of the entry's data
@@ -337,15 +335,12 @@ class QatConfig(Checkpointing):
     # and offset train with the weights either way.
     freeze_batchnorm: bool = True
     # Activation ranges kept as calibrated on the export's calibration images, rather than moved
-    # by TFMOT's moving average of each training batch's min and max. On the Fashion-MNIST winner
-    # over 5 seeds (benchmarks/RESULTS.md) moving ranges once cost 0.63 points against PTQ; kept, at
-    # worst 0.02.
+    # by TFMOT's moving average of each training batch's min and max (compared in RESULTS.md).
     freeze_ranges: bool = True
     # How the activation ranges are calibrated (cream_tf.qat.calibrate_ranges): 'batch_mean', the
     # mean of each batch's min and max, or 'minmax' over all the calibration images, as
-    # post-training quantization. On the Fashion-MNIST winner (benchmarks/RESULTS.md) minmax
-    # inherited the calibration sample's outliers (5 seeds: QAT 92.62-92.82, float 92.91);
-    # batch_mean kept 92.82-92.95 on the same seeds, 92.73-92.95 (mean 92.85) over 10.
+    # post-training quantization does; minmax takes in the calibration sample's outliers
+    # (compared in benchmarks/RESULTS.md).
     range_statistic: str = "batch_mean"
     seed: int = 42
 
