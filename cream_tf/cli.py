@@ -108,20 +108,13 @@ def run_mode(mode: str) -> str:
     """What `mode` prints, from the flags."""
     f = FLAGS
     config = {"config_file": f.config_file, "params_override": f.params_override}
+    resume = {"allow_config_change": f.allow_config_change}
+    output = {"output_dir": f.output_dir, "overwrite": f.overwrite}
     if mode == "search":
-        return commands.search(model_dir=f.model_dir, allow_config_change=f.allow_config_change, **config)
+        return commands.search(model_dir=f.model_dir, **resume, **config)
     if mode == "retrain":
-        return commands.retrain(
-            model_dir=_model_dir(DEFAULT_RETRAIN_DIR),
-            search_result=f.search_result,
-            zoo_name=f.zoo,
-            arch=f.arch,
-            weights=f.weights,
-            output_dir=f.output_dir,
-            overwrite=f.overwrite,
-            allow_config_change=f.allow_config_change,
-            **config,
-        )
+        source = {"search_result": f.search_result, "zoo_name": f.zoo, "arch": f.arch, "weights": f.weights}
+        return commands.retrain(model_dir=_model_dir(DEFAULT_RETRAIN_DIR), **source, **output, **resume, **config)
     if mode == "eval":
         target = f.model or _model_dir(DEFAULT_RETRAIN_DIR)
         return commands.format_evaluation(
@@ -130,28 +123,13 @@ def run_mode(mode: str) -> str:
     if mode == "config":
         return commands.show_config(f.config_file, f.params_override)
     if mode == "qat":
-        return commands.qat(
-            f.model,
-            f.output_dir,
-            model_dir=_model_dir(DEFAULT_QAT_DIR),
-            overwrite=f.overwrite,
-            allow_config_change=f.allow_config_change,
-            **config,
-        )
+        return commands.qat(f.model, model_dir=_model_dir(DEFAULT_QAT_DIR), **output, **resume, **config)
     arch = commands.arch_from(zoo_name=f.zoo, arch=f.arch, num_classes=f.num_classes, in_channels=f.in_channels)
     if mode == "describe":
         return commands.describe(arch, f.zoo)
     if mode == "export":
-        return commands.export(arch, f.output_dir, zoo_name=f.zoo, weights=f.weights, overwrite=f.overwrite, **config)
-    return commands.convert(
-        arch,
-        f.checkpoint,
-        f.output_dir,
-        zoo_name=f.zoo,
-        num_classes=f.num_classes,
-        use_ema=f.use_ema,
-        overwrite=f.overwrite,
-    )
+        return commands.export(arch, zoo_name=f.zoo, weights=f.weights, **output, **config)
+    return commands.convert(arch, f.checkpoint, zoo_name=f.zoo, num_classes=f.num_classes, use_ema=f.use_ema, **output)
 
 
 def _quiet_tensorflow() -> None:
@@ -196,6 +174,9 @@ def main(argv):
     except (ValueError, FileNotFoundError, RunError) as error:
         print(f"Error: {error}", file=sys.stderr)
         raise SystemExit(getattr(error, "exit_code", 1)) from None
+    except BrokenPipeError:  # the output piped into a program that stopped reading (`| head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as Python's docs advise
+        raise SystemExit(1) from None
     except KeyboardInterrupt as stop:  # a second Ctrl-C, or one with nothing to save (cream_tf.run_guard)
         print(f"Error: {getattr(stop, 'message', None) or 'Interrupted.'}", file=sys.stderr)
         raise SystemExit(getattr(stop, "exit_code", 130)) from None
