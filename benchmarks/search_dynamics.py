@@ -88,10 +88,10 @@ def compare_inits(args) -> None:
 def meta_dynamics(args) -> None:
     with tempfile.TemporaryDirectory() as folder:
         run = search(args, "", folder)
-        before = np.concatenate([v.numpy().ravel() for v in run.trainer.meta.trainable_variables])
+        before = np.concatenate([v.numpy().ravel() for v in run.fit_model.meta.trainable_variables])
         began = time.time()
         run.train()
-        after = np.concatenate([v.numpy().ravel() for v in run.trainer.meta.trainable_variables])
+        after = np.concatenate([v.numpy().ravel() for v in run.fit_model.meta.trainable_variables])
         rows = history(run)
         grads = [
             float(tf.make_ndarray(value.tensor))

@@ -302,10 +302,10 @@ class QatRun(TrainingRun):
         self.optimizer = tf_keras.optimizers.SGD(schedule, momentum=qat.momentum, nesterov=True)
         self.optimizer.build(self.model.trainable_variables)
         fixed = activation_range_variables(self.model) if qat.freeze_ranges else ()
-        self.trainer = QatModel(
+        self.fit_model = QatModel(
             self.model, float_twin, self.optimizer, self.arch.num_classes, qat.label_smoothing, qat.distill, fixed
         )
-        self.trainer.compile(jit_compile=False)
+        self.fit_model.compile(jit_compile=False)
 
     def checkpoint_variables(self) -> dict[str, list]:
         return {"model": self.model.weights, "optimizer": self.optimizer.variables}

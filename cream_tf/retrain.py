@@ -226,8 +226,8 @@ class RetrainRun(TrainingRun):
                 self.ema_model.set_weights(self.model.get_weights())
             self.optimizer = self._optimizer()
             self.optimizer.build(self.model.trainable_variables)
-            self.trainer = RetrainModel(self.model, self.ema_model, self.recipe, config.data.batch_size)
-            self.trainer.compile(optimizer=self.optimizer, jit_compile=False)
+            self.fit_model = RetrainModel(self.model, self.ema_model, self.recipe, config.data.batch_size)
+            self.fit_model.compile(optimizer=self.optimizer, jit_compile=False)
         self.history = []
 
     # --- set-up -----------------------------------------------------------------------------

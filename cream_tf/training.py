@@ -40,7 +40,7 @@ PIPELINE_STRIDE = 7919
 class TrainingRun:
     """One run in `model_dir`; a later run there resumes from its latest checkpoint.
 
-    Subclasses set `self.config` and `self.trainer` (the keras.Model whose `train_step` trains,
+    Subclasses set `self.config` and `self.fit_model` (the FitModel whose `train_step` trains,
     built in `self.strategy.scope()` and compiled) and implement `checkpoint_variables()`,
     `host_state()`/`set_host_state()`, `callbacks()`, `end_epoch()` and `finish()`, and name
     `RESULT_FILE` and the step outputs to sum over an epoch (`SUMMED`, read in `end_epoch` from
@@ -270,7 +270,7 @@ class TrainingRun:
         # batch. The train function is traced once and kept between the calls.
         while self.epoch < self.epochs and not (stop_at_epoch and self.epoch >= stop_at_epoch):
             self.offset = self.batch  # after a mid-epoch checkpoint: the rest of its epoch
-            self.trainer.fit(
+            self.fit_model.fit(
                 self.dataset(),
                 epochs=self.epoch + 1,
                 initial_epoch=self.epoch,

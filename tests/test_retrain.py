@@ -91,7 +91,7 @@ def test_ema_averages_every_weight_including_batchnorm_statistics(trained):
     saved = trainer.model.get_weights(), trainer.ema_model.get_weights()
     try:  # one more step of the trained run; its weights are put back for the other tests
         images, labels = next(iter(data.load(trainer.config.data, "train", training=True)))
-        trainer.trainer.train_on_batch(images, labels)
+        trainer.fit_model.train_on_batch(images, labels)
         step = int(trainer.optimizer.iterations.numpy())  # 13: TF's warm-up still holds the decay below 0.9
         decay = min(0.9, step / (9 + step))
         for name, average, new, old in zip(

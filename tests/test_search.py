@@ -442,7 +442,7 @@ def scalars(run_dir, tag) -> dict[int, float]:
 
 def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, capfd):
     whole = SearchRun(_tiny(tmp_path), tmp_path / "whole", strategy=tf.distribute.get_strategy())
-    meta_before = [v.numpy() for v in whole.trainer.meta.trainable_variables]
+    meta_before = [v.numpy() for v in whole.fit_model.meta.trainable_variables]
     # cream_tf logs through absl's logger; read it there, whatever level or propagation other
     # libraries loaded in this process have given it.
     records = []
@@ -478,7 +478,7 @@ def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, capfd):
     assert scalars(run_dir, "train/kd")[10] > 0
     assert whole.meta_updates == 2 and sorted(scalars(run_dir, "meta/grad_norm")) == [7, 9]
     assert all(v > 0 for v in scalars(run_dir, "meta/change").values())
-    moved = [np.abs(v.numpy() - b).max() for v, b in zip(whole.trainer.meta.trainable_variables, meta_before)]
+    moved = [np.abs(v.numpy() - b).max() for v, b in zip(whole.fit_model.meta.trainable_variables, meta_before)]
     assert max(moved) > 0
     assert [row[3] >= 0 for row in whole.history] == [False] * 6 + [True] * 4  # a teacher from step 7 on
     for name in ("config.yaml", "board.json", "search_result.json", "search_plot.png"):

@@ -103,8 +103,8 @@ class SearchRun(TrainingRun):
         )
         with self.strategy.scope():
             self.supernet = Supernet(self.space)
-            self.trainer = SearchModel(self.supernet, config, config.data.batch_size)
-            self.trainer.compile(optimizer=None, jit_compile=train.jit_compile)
+            self.fit_model = SearchModel(self.supernet, config, config.data.batch_size)
+            self.fit_model.compile(optimizer=None, jit_compile=train.jit_compile)
         self.board = PrioritizedBoard(config.cream.board_size, config.cream.accuracy_gap)
         # history: per step (macs, top-1, matching value m, teacher index; -1 without a teacher)
         self.step, self.history, self.meta_updates = 0, [], 0
@@ -112,7 +112,7 @@ class SearchRun(TrainingRun):
     # --- what the training skeleton asks for ------------------------------------------------
 
     def checkpoint_variables(self) -> dict[str, list]:
-        m = self.trainer
+        m = self.fit_model
         return {
             "supernet": self.supernet.weights,
             "meta": m.meta.weights,
@@ -134,7 +134,7 @@ class SearchRun(TrainingRun):
         self.step, self.history = state["step"], [tuple(h) for h in state["history"]]
         self.meta_updates = state["meta_updates"]
         self.sampler.set_state(state["sampler"])
-        images, probs = self.trainer.board_images.numpy(), self.trainer.board_probs.numpy()
+        images, probs = self.fit_model.board_images.numpy(), self.fit_model.board_probs.numpy()
         self.board.entries = [
             Entry(tuple(e["path"]), e["accuracy"], e["macs"], images[i], probs[i]) for i, e in enumerate(state["board"])
         ]
@@ -215,9 +215,9 @@ class _SampleAndAdmit(keras.callbacks.Callback):
         meta = cream.pick_method == "meta" and self.distill and batch > 0 and batch % cream.meta_update_every == 0
         self.lr = search.learning_rate(search.step)
         self.path = path
-        search.trainer.set_step(path, self.lr, self.distill, meta)
+        search.fit_model.set_step(path, self.lr, self.distill, meta)
         self.meta = meta
-        if meta and not search.trainer.traces["meta"]:
+        if meta and not search.fit_model.traces["meta"]:
             self.building = time.time()
             logging.info("First meta update since this start: building its graph; this step waits for it.")
 
@@ -239,7 +239,7 @@ class _SampleAndAdmit(keras.callbacks.Callback):
                 np.asarray(logs["probs"]),
             )
         ):
-            search.trainer.load_board(search.board)
+            search.fit_model.load_board(search.board)
         teacher = int(logs["teacher"]) if self.distill else -1
         search.history.append((int(self.macs), round(top1, 3), round(float(logs["matching"]), 5), teacher))
         search.step += 1
