@@ -201,9 +201,12 @@ def convert(arch) -> str:
 
 def search() -> str:
     from cream_tf import config as config_lib
-    from cream_tf.search.run import Search
 
     config = config_lib.load(config_lib.SearchConfig, FLAGS.config_file or DEFAULT_SEARCH_CONFIG, FLAGS.params_override)
+    # The first line at once: importing TensorFlow and building the supernet take seconds to minutes.
+    absl_logging.info("Search in %s: loading TensorFlow, then the data and the supernet.", FLAGS.model_dir)
+    from cream_tf.search.run import Search
+
     result = Search(config, FLAGS.model_dir).run(allow_config_change=FLAGS.allow_config_change)
     if result is None:
         return "worker finished"
