@@ -127,10 +127,15 @@ def convert(arch, checkpoint, output_dir, *, zoo_name=None, num_classes=None, us
 
 def search(*, config_file=None, params_override="", model_dir="runs/search", allow_config_change=False) -> str:
     """The whole search (resumed when `model_dir` holds a checkpoint); its last lines."""
+    from absl import logging
+
     from cream_tf import config as config_lib
-    from cream_tf.search.run import SearchRun
 
     config = config_lib.load(config_lib.SearchConfig, config_file or DEFAULT_SEARCH_CONFIG, params_override)
+    # The first line at once: importing TensorFlow and building the supernet take seconds to minutes.
+    logging.info("Search in %s: loading TensorFlow, then the data and the supernet.", model_dir)
+    from cream_tf.search.run import SearchRun
+
     result = SearchRun(config, model_dir).run(allow_config_change=allow_config_change)
     if result is None:
         return "worker finished"

@@ -48,6 +48,7 @@ SCHEDULES = ("step", "cosine")
 INT8_INPUTS = ("normalized", "pixels")
 TRAIN_SPLITS = ("train", "train_full")
 RANGE_STATISTICS = ("batch_mean", "minmax")  # how QAT calibrates activation ranges (cream_tf.qat)
+EXPORT_PATHS = ("winner", "pareto", "all")  # which board paths a search exports (cream_tf.search.selection)
 
 
 def invalid(key: str, value, valid: str) -> ValueError:
@@ -223,7 +224,8 @@ class SelectionConfig:
     recalibrate_bn: bool = True  # recompute BatchNorm statistics per path first
     recalibrate_batches: int = 10  # training batches used to recompute them
     eval_batches: int = 0  # held-out batches per path; 0 = the whole validation split
-    export: bool = True  # write a zoo entry folder per board path
+    export: bool = True  # write zoo entry folders, one per board path that export_paths names
+    export_paths: str = "pareto"  # winner; pareto: the winner and the paths no cheaper one is as accurate as; all
 
 
 @dataclasses.dataclass
@@ -246,6 +248,7 @@ class SearchConfig:
             f">= 1 and at most half the batch ({self.data.batch_size}): the meta step uses two slices of a batch",
         )
         require(self, "train.lr", lambda v: v > 0, "a number > 0")
+        require(self, "selection.export_paths", lambda v: v in EXPORT_PATHS, ", ".join(EXPORT_PATHS))
         require(self, "train.steps_per_epoch", lambda v: v >= 0, "0 (one pass over the split) or more")
         self.train.validate_checkpointing("train.")
 

@@ -23,7 +23,7 @@ from cream_tf.flops import flops_of
 from cream_tf.search.board import Entry, PrioritizedBoard
 from cream_tf.search.run import SearchRun
 from cream_tf.search.sampler import PathSampler
-from cream_tf.search.selection import PathEvaluator
+from cream_tf.search.selection import PathEvaluator, pareto_front, ranks_to_export
 from cream_tf.search.trainer import SearchModel, soft_cross_entropy
 from cream_tf.supernet import Supernet
 
@@ -189,6 +189,21 @@ def test_path_evaluator_recalibrates_each_path_as_a_child_net_would():
             evaluator._predict(images, tf.constant(path)), child(images, training=False), atol=1e-5
         )
     assert evaluator.recalibrator._blend.experimental_get_tracing_count() == 1
+
+
+def test_export_paths_name_the_winner_the_pareto_front_or_every_path():
+    # board_rank: (mflops, val_top1). Cheapest first: 3 (front), 1 (front), 4 (as cheap, less
+    # accurate), 0 (front, the winner), 2 (dearer than 0, less accurate).
+    figures = {0: (11.0, 74.0), 1: (10.9, 71.9), 2: (11.7, 74.0), 3: (10.7, 71.1), 4: (10.9, 71.0)}
+    rows = [{"board_rank": rank, "mflops": m, "val_top1": v} for rank, (m, v) in figures.items()]
+    best = max(range(len(rows)), key=lambda i: (rows[i]["val_top1"], -rows[i]["mflops"]))  # as selection ranks
+    assert best == 0
+    assert [row["board_rank"] for row in pareto_front(rows)] == [3, 1, 0]
+    assert ranks_to_export(rows, best, "winner") == [0]
+    assert ranks_to_export(rows, best, "pareto") == [0, 1, 3]
+    assert ranks_to_export(rows, best, "all") == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="selection.export_paths='front' is not valid; valid: winner, pareto, all"):
+        config_lib.load(SearchConfig, None, "selection.export_paths=front").validate()
 
 
 def test_board_stores_the_students_own_softmax(trainer):
@@ -495,6 +510,15 @@ def test_search_runs_end_to_end_and_resumes_exactly(tmp_path, capfd):
     assert [row["winner"] for row in result["board"]].count(True) == 1
     assert winner["val_top1"] == max(row["val_top1"] for row in result["board"])
     entry = run_dir / winner["entry"]  # relative to model_dir
+    # By default the winner and the rest of the Pareto front are exported, and only they.
+    cheapest_first = sorted(result["board"], key=lambda row: (row["mflops"], -row["val_top1"]))
+    front = [
+        row for i, row in enumerate(cheapest_first) if all(row["val_top1"] > q["val_top1"] for q in cheapest_first[:i])
+    ]
+    assert [row["pareto"] for row in result["board"]] == [row in front for row in result["board"]]
+    exported = sorted(row["entry"] for row in result["board"] if "entry" in row)
+    assert exported == sorted(f"zoo/board_{row['board_rank']:02d}" for row in result["board"] if row["pareto"])
+    assert [f"zoo/{p.name}" for p in sorted((run_dir / "zoo").iterdir())] == exported
     board_file = json.loads((run_dir / "board.json").read_text())["board"]
     assert [(row["path"], row["train_top1"]) for row in board_file] == [
         (row["path"], row["train_top1"]) for row in result["board"]

@@ -2,7 +2,9 @@
 
 Model Garden (official.vision.ops.augment) supplies RandAugment, random erasing and
 mixup/cutmix. Its RandAugment runs here as `GraphSafeRandAugment`, whose integer ops work inside a
-traced tf.data map; Model Garden's own op table is left as it is.
+traced tf.data map; Model Garden's own op table is left as it is. Model Garden is imported when
+one of them is first used: importing official.vision takes about a second of CPU (TFDS, tf_keras
+and TF Text come with it) that a run with crops and flips only, as the default search, never needs.
 
 Every random op draws from the graph seed that `load` sets while tracing, in a fixed order, so
 one seed gives the same crops and augmentation in every process.
@@ -12,11 +14,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
-from official.vision.ops import augment as augment_ops
 
 from cream_tf.config import DataConfig
+
+if TYPE_CHECKING:
+    from official.vision.ops import augment as augment_ops
 
 CROP_FRACTION = 0.875  # evaluation center crop, as a fraction of the resized shorter side
 _MAX_LEVEL = 10.0  # Model Garden's largest RandAugment magnitude
@@ -88,10 +93,18 @@ def on_rgb(distort: Callable, image: tf.Tensor) -> tf.Tensor:
 # RandAugment
 
 
+@functools.cache
+def _augment_ops():
+    """Model Garden's augment module, imported on first use (see the module's docstring)."""
+    from official.vision.ops import augment
+
+    return augment
+
+
 def randaugment(config: DataConfig) -> GraphSafeRandAugment:
     """RandAugment as config sets it, for images of 0..255 pixel values (use `on_rgb`)."""
     scale = config.image_size / 224  # Model Garden's translate/cutout constants are pixels at 224
-    return GraphSafeRandAugment(
+    return _graph_safe_randaugment()(
         num_layers=config.randaugment_layers,
         magnitude=config.randaugment_magnitude,
         magnitude_std=config.randaugment_magnitude_std,
@@ -125,16 +138,20 @@ def solarize_add(image: tf.Tensor, addition=0, threshold=128) -> tf.Tensor:
 
 # Model Garden's RandAugment ops with the three integer ones replaced: a copy of its table, which
 # itself stays as it is for every other user of the library.
-_RANDAUGMENT_OPS = {
-    **augment_ops.NAME_TO_FUNC,
-    "Posterize": posterize,
-    "Solarize": solarize,
-    "SolarizeAdd": solarize_add,
-}
+@functools.cache
+def _randaugment_ops() -> dict:
+    return {**_augment_ops().NAME_TO_FUNC, "Posterize": posterize, "Solarize": solarize, "SolarizeAdd": solarize_add}
 
 
-class GraphSafeRandAugment(augment_ops.RandAugment):
-    """Model Garden's RandAugment with Posterize, Solarize and SolarizeAdd that work in graphs.
+@functools.cache
+def _graph_safe_randaugment() -> type:
+    """GraphSafeRandAugment in front of Model Garden's RandAugment, built on first use."""
+    return type("GraphSafeRandAugment", (GraphSafeRandAugment, _augment_ops().RandAugment), {})
+
+
+class GraphSafeRandAugment:
+    """Model Garden's RandAugment with Posterize, Solarize and SolarizeAdd that work in graphs
+    (`randaugment` puts it in front of that class, imported on first use).
 
     With magnitude_std > 0 the integer argument of those three ops is drawn per image, so inside
     a traced function (a tf.data map) it arrives as an int32 tensor, and Model Garden's versions
@@ -142,7 +159,7 @@ class GraphSafeRandAugment(augment_ops.RandAugment):
     match type uint8" (tf-models-official 2.20, TF 2.20). The replacements (`posterize`,
     `solarize`, `solarize_add`) compute in int32 and return the image's dtype, so they give the
     originals' results for Python ints too. The ops are looked up in this module's
-    `_RANDAUGMENT_OPS` instead of the library's NAME_TO_FUNC. Images only, no bounding boxes.
+    `_randaugment_ops()` instead of the library's NAME_TO_FUNC. Images only, no bounding boxes.
     """
 
     def distort(self, image: tf.Tensor) -> tf.Tensor:
@@ -151,6 +168,7 @@ class GraphSafeRandAugment(augment_ops.RandAugment):
         dtype = image.dtype
         if dtype != tf.uint8:
             image = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
+        augment_ops, ops = _augment_ops(), _randaugment_ops()
         level_to_arg = augment_ops.level_to_arg(self.cutout_const, self.translate_const)
         for _ in range(self.num_layers):
             selected = tf.random.uniform([], maxval=len(self.available_ops) + 1, dtype=tf.int32)
@@ -164,9 +182,7 @@ class GraphSafeRandAugment(augment_ops.RandAugment):
                     arguments = (*arguments, [128] * 3)
                 # A lambda, not a functools.partial: AutoGraph converts it along with this method,
                 # and so the ops it calls, whose Python `if`s on a drawn magnitude need converting.
-                branches.append(
-                    (i, lambda op=_RANDAUGMENT_OPS[name], image=image, arguments=arguments: op(image, *arguments))
-                )
+                branches.append((i, lambda op=ops[name], image=image, arguments=arguments: op(image, *arguments)))
             augmented = tf.switch_case(selected, branches, default=functools.partial(tf.identity, image))
             if self.prob_to_apply is not None:
                 keep = tf.random.uniform([], dtype=tf.float32) < self.prob_to_apply
@@ -193,12 +209,12 @@ class GraphSafeRandAugment(augment_ops.RandAugment):
 def random_erasing(probability: float) -> augment_ops.RandomErasing:
     """Erases a random rectangle with per-pixel N(0, 1) noise, as timm does: use it on normalized
     images (through `on_rgb`)."""
-    return augment_ops.RandomErasing(probability=probability)
+    return _augment_ops().RandomErasing(probability=probability)
 
 
 def mixup_and_cutmix(config: DataConfig) -> Callable:
     """Mixup/cutmix on a batch; labels become float32 [B, num_classes] that sum to 1."""
-    mix = augment_ops.MixupAndCutmix(
+    mix = _augment_ops().MixupAndCutmix(
         num_classes=config.num_classes,
         mixup_alpha=config.mixup_alpha,
         cutmix_alpha=config.cutmix_alpha,

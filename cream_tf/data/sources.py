@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from official.vision.dataloaders import classification_input
 
 from cream_tf.config import DataConfig
 from cream_tf.data import held_out
@@ -72,6 +71,9 @@ def source(config: DataConfig, split: str, *, shuffle: bool, seed: int | None) -
         examples = _shuffled(examples, _RECORD_SHUFFLE_BUFFER, shuffle, seed)
         # tf-models-official's classification decoder works on TF 2.20 (a parse_single_example of
         # the two features); its tf_example_decoder is the detection one and wants box features.
+        # Imported here: importing official.vision costs about a second of CPU other sources never need.
+        from official.vision.dataloaders import classification_input
+
         decoder = classification_input.Decoder()
 
         def decode(serialized):

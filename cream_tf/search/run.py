@@ -8,7 +8,8 @@ Layout of `model_dir` (written by the chief worker; names in cream_tf.folders):
     board.json            the prioritized board after every epoch
     search_result.json    the selected path, the evaluated board, figures and timings
     search_plot.png       top-1 against FLOPs for the sampled paths, the board and the winner
-    zoo/board_NN/         one zoo entry folder per board path, weights inherited from the supernet
+    zoo/board_NN/         zoo entry folders, weights inherited from the supernet: the winner and the
+                          Pareto front's other paths (selection.export_paths: winner, pareto, all)
 
 Training runs in `keras.Model.fit` (cream_tf.training); the per-step host work (sampling the
 path, the learning rate, board admission) is a callback around each step.
