@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
             group = root(names[0])
             item.own_markers = [mark for mark in item.own_markers if mark.name != "xdist_group"]
             item.add_marker(pytest.mark.xdist_group(group))
-            if config.getvalue("loadgroup"):  # set on pytest-xdist's workers under --dist loadgroup
+            if config.getoption("loadgroup", False):  # set on pytest-xdist's workers under --dist loadgroup
                 _tell_the_scheduler(item, group)
 
 
