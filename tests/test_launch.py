@@ -2,7 +2,10 @@
 lines a finished search ends with. (Two real workers training together: tests/test_search.py.)"""
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -62,3 +65,13 @@ def test_a_finished_search_names_its_results_and_the_next_command():
         "--model_dir=runs/retrain",
     ]
     assert "--weights" not in commands.search_summary({**winner, "entry": None}, "runs/s")
+
+
+def test_the_installed_command_is_the_command_line():
+    """setup.py's console script `cream-tf` (installed beside this Python by scripts/setup.sh)."""
+    script = Path(sys.executable).parent / "cream-tf"
+    shown = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert "--mode: <search|describe|export|convert|retrain|eval|config|qat>" in shown.stdout, shown.stdout[:2000]
+    bad = subprocess.run([str(script), "--mode=describe"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1, bad.stderr
+    assert bad.stderr.splitlines()[-1].startswith("Error: Give exactly one of --zoo"), bad.stderr
