@@ -13,7 +13,7 @@ Keras runs the steps eagerly here (tracing them costs minutes on 2 cores); CREAM
 compares the traced graphs `fit` runs by default instead.
 
 What the comparison catches: each change below, made to cream_tf alone, failed it (first figure
-off, its step of 30, the difference against what is allowed; 2026-12, 2-core AMD EPYC):
+off, its step of 30, the difference against what is allowed; 2026-12-02, 2-core Intel Xeon):
 
 | change to cream_tf | first caught by | step | difference / allowed |
 |---|---|---|---|
