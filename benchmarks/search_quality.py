@@ -97,6 +97,21 @@ def spearman_rho(x, y) -> float:
 # --- the study -----------------------------------------------------------------------------------
 
 
+def fixed_paths(space: SearchSpace, config: config_lib.SearchConfig, count: int, seed: int) -> list[list[int]]:
+    """`count` paths spanning the FLOPs range: 50 x `count` drawn uniformly inside
+    `config.space`'s range, then one per FLOPs quantile."""
+    table, low, high = FlopsTable(space), config.space.flops_min * 1e6, config.space.flops_max * 1e6
+    rng = np.random.default_rng(seed)
+    drawn = {}
+    while len(drawn) < 50 * count:
+        path = tuple(int(c) for c in rng.integers(0, 6, len(space.positions)))
+        if low <= table.macs(path) <= high:
+            drawn[path] = table.macs(path)
+    ordered = sorted(drawn, key=drawn.get)
+    picks = np.linspace(0, len(ordered) - 1, count).round().astype(int)
+    return [list(ordered[i]) for i in picks]
+
+
 class Study:
     def __init__(self, args):
         self.args = args
@@ -123,19 +138,9 @@ class Study:
         return config_lib.load(config_lib.SearchConfig, self.args.config_file, overrides)
 
     def fixed_paths(self, space: SearchSpace) -> list[list[int]]:
-        """`--paths` paths spanning the FLOPs range: many drawn uniformly, then one per quantile."""
         if "paths" not in self.state:
             config = self.search_config("meta", 0)
-            table, low, high = FlopsTable(space), config.space.flops_min * 1e6, config.space.flops_max * 1e6
-            rng = np.random.default_rng(self.args.path_seed)
-            drawn = {}
-            while len(drawn) < 50 * self.args.paths:
-                path = tuple(int(c) for c in rng.integers(0, 6, len(space.positions)))
-                if low <= table.macs(path) <= high:
-                    drawn[path] = table.macs(path)
-            ordered = sorted(drawn, key=drawn.get)
-            picks = np.linspace(0, len(ordered) - 1, self.args.paths).round().astype(int)
-            self.state["paths"] = [list(ordered[i]) for i in picks]
+            self.state["paths"] = fixed_paths(space, config, self.args.paths, self.args.path_seed)
             self.save()
         return self.state["paths"]
 
