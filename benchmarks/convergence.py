@@ -63,11 +63,13 @@ def train(args, method: str, seed: int, factor: int) -> None:
     held_out = data.load(config.data, "validation", training=False)
 
     class Recorded(SearchRun):
+        evaluator = None  # built once: its traced recalibration and prediction serve every epoch
+
         def end_epoch(self, logs):
             super().end_epoch(logs)
-            evaluator = PathEvaluator(self.supernet, calibration)
+            self.evaluator = self.evaluator or PathEvaluator(self.supernet, calibration)
             paths = fixed_paths(self.space, self.config, args.paths, args.path_seed)
-            top1 = [evaluator.top1(p, held_out, config.selection.eval_batches) for p in paths]
+            top1 = [self.evaluator.top1(p, held_out, config.selection.eval_batches) for p in paths]
             del record["epochs"][self.epoch - 1 :]  # written before a restart from an earlier checkpoint
             record["epochs"].append(
                 {
