@@ -24,6 +24,7 @@ stopped study continues. Prints Markdown tables and the machine; writes --out/co
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -103,24 +104,26 @@ def t_quantile(n: int) -> float:
 
 
 def load(args, factor: int) -> dict[str, dict[int, list[dict]]]:
-    """method -> seed -> per-epoch figures, for the seeds every found method has completed (so
-    that rows pair up by seed)."""
+    """method -> seed -> per-epoch figures, for the runs that have every epoch."""
     found = {}
     for method in args.methods:
         for seed in range(args.seeds):
             file = run_file(args.out, method, seed, factor)
             if file.is_file():
                 found.setdefault(method, {})[seed] = json.loads(file.read_text())["epochs"]
-    if not found:
-        return {}
-    length = max(len(e) for runs in found.values() for e in runs.values())
-    common = set.intersection(*({s for s, e in runs.items() if len(e) == length} for runs in found.values()))
-    return {method: {s: runs[s] for s in sorted(common)} for method, runs in found.items()} if common else {}
+    length = max((len(e) for runs in found.values() for e in runs.values()), default=0)
+    complete = {m: {s: e for s, e in runs.items() if len(e) == length} for m, runs in found.items()}
+    return {m: runs for m, runs in complete.items() if runs}
 
 
 def curves(runs: dict[int, list[dict]], key: str) -> np.ndarray:
     """seeds x epochs of `key` (the held-out top-1 averaged over the fixed paths)."""
     return np.array([[np.mean(e[key]) for e in epochs] for _, epochs in sorted(runs.items())])
+
+
+def _at(values: np.ndarray, index) -> np.ndarray:
+    """Per seed: one epoch's figure (an int index), or the mean over a slice of epochs."""
+    return values[:, index] if isinstance(index, int) else values[:, index].mean(axis=1)
 
 
 def mean_sd(values) -> str:
@@ -146,8 +149,9 @@ def report(args, warmup_epochs: int) -> None:
         runs = load(args, factor)
         if not runs:
             continue
-        seeds = len(next(iter(runs.values())))
-        print(f"### x{factor} epochs, {seeds} seeds per method")
+        print(f"### x{factor} epochs; seeds: " + "; ".join(f"{m} {sorted(r)}" for m, r in runs.items()))
+        # meta - none is paired by seed: a seed gives both the same data order and sampled paths.
+        both = sorted(set(runs.get("meta", {})) & set(runs.get("none", {})))
         for key, name in (
             ("held_out_top1", "held-out top-1 of the fixed paths"),
             ("train_top1", "training top-1"),
@@ -155,16 +159,16 @@ def report(args, warmup_epochs: int) -> None:
         ):
             data = {method: curves(r, key) for method, r in runs.items()}
             epochs = next(iter(data.values())).shape[1]
-            compare = "meta" in data and "none" in data
-            header = ["epoch", *(f"{m} (mean +- sd)" for m in data)] + (["meta - none [95% CI]"] if compare else [])
+            pairs = {m: curves({s: runs[m][s] for s in both}, key) for m in ("meta", "none")} if len(both) > 1 else {}
+            header = ["epoch", *(f"{m} (mean +- sd)" for m in data)]
+            header += [f"meta - none, {len(both)} paired seeds [95% CI]"] if pairs else []
             after = slice(warmup_epochs, epochs)  # the distillation epochs: their mean is the area under the curve
             selections = [(str(e + 1) + (" (warm-up)" if e < warmup_epochs else ""), e) for e in range(epochs)]
             rows = []
             for label, index in [*selections, ("mean after warm-up", after)]:
-                at = {m: d[:, index] if isinstance(index, int) else d[:, index].mean(axis=1) for m, d in data.items()}
-                rows.append(
-                    [label, *(mean_sd(v) for v in at.values())] + ([paired(at["meta"], at["none"])] if compare else [])
-                )
+                pick = functools.partial(_at, index=index)
+                row = [label, *(mean_sd(pick(d)) for d in data.values())]
+                rows.append(row + ([paired(pick(pairs["meta"]), pick(pairs["none"]))] if pairs else []))
             print(f"\n{name}\n\n" + table(header, rows) + "\n")
         figures.append((factor, runs))
     if figures:
