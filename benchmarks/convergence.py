@@ -14,7 +14,7 @@ paths, so the methods are compared pairwise per seed.
     .venv/bin/python benchmarks/convergence.py                      # 3 methods x 3 seeds, x1 and x3 (hours)
     .venv/bin/python benchmarks/convergence.py --factors=1 --runs=meta:0,none:0 --threads=1   # a share of it
     .venv/bin/python benchmarks/convergence.py --report             # tables and plot from what exists
-    .venv/bin/python benchmarks/convergence.py --smoke              # tiny everything, a minute
+    .venv/bin/python benchmarks/convergence.py --smoke              # tiny supernets, `none` only, 2 seeds
 
 Resumable: each run's figures go to --out/<method>_seed<S>_x<F>.json after every epoch and its
 supernet resumes from its own checkpoint, so runs can be shared between processes (--runs) and a
@@ -24,10 +24,13 @@ stopped study continues. Prints Markdown tables and the machine; writes --out/co
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import json
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -218,13 +221,16 @@ def main():
     parser.add_argument("--path_seed", type=int, default=2020)
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow's intra-op threads (0: all cores)")
     parser.add_argument("--report", action="store_true", help="only the tables and the plot")
-    parser.add_argument("--smoke", action="store_true", help="tiny supernets, 2 seeds, x1 only")
+    parser.add_argument("--smoke", action="store_true", help="tiny supernets, `none` only, 2 seeds, x1 only")
     args = parser.parse_args()
     args.methods = args.methods.split(",")
     args.factors = [int(f) for f in args.factors.split(",")]
     if args.smoke:
-        args.seeds, args.factors, args.paths = 2, [1], 4
-    args.out = args.out or os.path.join(REPO, "runs", "convergence_smoke" if args.smoke else "convergence")
+        args.methods, args.seeds, args.factors, args.paths = ["none"], 2, [1], 4
+    if not args.out and args.smoke:
+        args.out = tempfile.mkdtemp(prefix="convergence-smoke-")
+        atexit.register(shutil.rmtree, args.out, ignore_errors=True)
+    args.out = args.out or os.path.join(REPO, "runs", "convergence")
     os.makedirs(args.out, exist_ok=True)
     wanted = [(m, s) for m in args.methods for s in range(args.seeds)]
     if args.runs:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -18,7 +19,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
 # Studies take hours and run on their own, not from run_all.sh; each has its own smoke test below.
 # int8_latency.py times the files of an entry --mode=qat wrote, so it runs after a QAT run.
-STUDIES = ["int8_latency.py", "search_dynamics.py", "search_quality.py", "trace_scaling.py"]
+STUDIES = ["convergence.py", "int8_latency.py", "search_dynamics.py", "search_quality.py", "trace_scaling.py"]
 TIMINGS = [script for script in SCRIPTS if script not in STUDIES]
 HELPERS = sorted(p.name for p in BENCHMARKS.glob("_*.py"))
 
@@ -222,6 +223,27 @@ def test_search_quality_smoke_reports_every_method():
         assert re.fullmatch(r"(\[[0-5](,[0-5])*\])+", row["winner"]), row
         positive(row["winner alone"]), positive(row["supernet seconds"])
     assert int(noise[0]["paths repeated"]) >= 1
+
+
+def test_convergence_smoke_prints_a_curve_per_figure():
+    output = run_smoke("convergence.py")
+    held_out, train_top1, train_loss = tables(output)
+    for rows in (held_out, train_top1, train_loss):
+        assert [row["epoch"] for row in rows] == ["1 (warm-up)", "2", "mean after warm-up"]
+        for row in rows:
+            mean, sd = row["none (mean +- sd)"].split(" +- ")
+            positive(mean)
+            assert float(sd) >= 0, row  # two seeds: a spread (0.00 when they agree to two decimals)
+
+
+def test_paired_difference_interval_is_students_t():
+    """meta - none per seed: differences 1, 2, 3 have mean 2, sd 1; t(0.975, 2 df) = 4.3027, so the
+    95% interval is 2 +- 4.3027 / sqrt(3) = [-0.48, +4.48]."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from convergence import paired
+
+    assert paired(np.array([11.0, 12.0, 13.0]), np.array([10.0, 10.0, 10.0])) == "+2.00 [-0.48, +4.48]"
+    assert paired(np.array([1.0]), np.array([0.0])) == "n/a"
 
 
 def test_search_dynamics_smoke_compares_inits_and_sees_the_meta_network_move():
