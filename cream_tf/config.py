@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 # Reading and writing configs (re-exported: `config.load(SearchConfig, file, overrides)`).
+from cream_tf.candidates import PAPER, Candidate, OpSet
 from cream_tf.typed_yaml import (
     describe,
     flatten,
@@ -164,6 +165,17 @@ class SpaceConfig:
     stem_stride: int = 2  # 1 for small images such as 28x28
     dropout: float = 0.0  # before the classifier
     drop_path: float = 0.0
+    # The operations every choice position may take (cream_tf.candidates), each a mapping of kind
+    # (mbconv, bottleneck, skip) and, for mbconv, kernel, expansion, dilation, se (0 = none),
+    # activation (swish, relu, relu6, hard_swish); default the paper's six. Presets:
+    # configs/spaces/*.yaml. cream.prior has one probability per candidate.
+    candidates: tuple[Candidate, ...] = PAPER
+    fixed_activation: str = "swish"  # the stem's, the separable block's, the last conv's and the head's
+    fixed_se: float = 0.25  # the separable block's squeeze-excite (0 = none)
+
+    def opset(self) -> OpSet:
+        """The candidates and fixed-block settings as one value (checked: ValueError naming what is wrong)."""
+        return OpSet(self.candidates, self.fixed_activation, self.fixed_se)
 
 
 @dataclasses.dataclass
@@ -251,6 +263,13 @@ class SearchConfig:
         require(self, "selection.export_paths", lambda v: v in EXPORT_PATHS, ", ".join(EXPORT_PATHS))
         require(self, "train.steps_per_epoch", lambda v: v >= 0, "0 (one pass over the split) or more")
         self.train.validate_checkpointing("train.")
+        ops = self.space.opset().ops
+        require(
+            self,
+            "cream.prior",
+            lambda v: len(v) in (0, len(ops)),
+            f"[] (uniform) or one probability per candidate ({len(ops)}: {', '.join(op.token for op in ops)})",
+        )
 
 
 @dataclasses.dataclass

@@ -174,8 +174,12 @@ def describe(config) -> str:
 
 
 def _inline(value) -> str:
-    plain = list(value) if isinstance(value, tuple) else value
-    return yaml.safe_dump(plain, default_flow_style=True).splitlines()[0]
+    plain = (
+        [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+        if isinstance(value, tuple)
+        else value
+    )
+    return yaml.safe_dump(plain, default_flow_style=True, width=float("inf")).splitlines()[0]
 
 
 def _field_comments(cls) -> dict[str, str]:
