@@ -10,10 +10,10 @@ errors that name the key and what is valid; each section's `validate()` checks t
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+
+from cream_tf.candidates import PAPER, Candidate, OpSet
 
 # Reading and writing configs (re-exported: `config.load(SearchConfig, file, overrides)`).
-from cream_tf.candidates import PAPER, Candidate, OpSet
 from cream_tf.typed_yaml import (
     describe,
     flatten,
@@ -21,6 +21,7 @@ from cream_tf.typed_yaml import (
     load,
     merge,
     parse_override,
+    read_files,
     read_yaml,
     save,
     to_dict,
@@ -443,11 +444,10 @@ def config_class_of(config_file: str, params_override: str = "") -> type:
     """Which config a file (with its overrides) is: RetrainConfig when it names a section or a
     `train` key only a retrain has (export, qat; optimizer, lr_schedule, ...), SearchConfig
     otherwise (the default command's), so `--mode=config` shows a file as the mode that reads it."""
-    text = Path(config_file).read_text() if Path(config_file).is_file() else ""
-    given = read_yaml(text, f"Config file {config_file!r}") or {}
-    if not isinstance(given, dict):
+    try:
+        given = merge(read_files(config_file), parse_override(params_override))
+    except ValueError:
         return SearchConfig  # load() names the problem
-    given = merge(given, parse_override(params_override))
 
     def own(cls, other):
         return {f.name for f in dataclasses.fields(cls)} - {f.name for f in dataclasses.fields(other)}
