@@ -107,19 +107,26 @@ KERAS_FUSED = dataclasses.replace(KERAS, batch_norm=FusedBatchNormalization)
 
 
 def _padded(kit: LayerKit, depthwise: bool, kernel: int, stride: int, name: str, dilation: int = 1, **kwargs) -> list:
-    """A convolution padded as PyTorch pads: dilation * (k//2) on every side. A dilated one at
-    stride 2 runs at stride 1 and keeps every second row and column (a 1x1 max pool of stride 2),
-    which TensorFlow's convolutions cannot do in one op; the result is PyTorch's."""
+    """A convolution padded as PyTorch pads: dilation * (k//2) on every side. A dilated one runs
+    at stride 1 whatever `stride` says (TensorFlow's convolutions cannot stride and dilate at
+    once): the caller subsamples after it (`_subsample`)."""
     conv_cls = kit.layers.DepthwiseConv2D if depthwise else kit.layers.Conv2D
     kwargs["depthwise_initializer" if depthwise else "kernel_initializer"] = conv_initializer()
     if dilation > 1:
-        conv = conv_cls(kernel_size=kernel, strides=1, dilation_rate=dilation, padding="same", name=name, **kwargs)
-        subsample = [kit.layers.MaxPooling2D(1, strides=stride, name=f"{name}_subsample")] if stride > 1 else []
-        return [conv, *subsample]
+        return [conv_cls(kernel_size=kernel, strides=1, dilation_rate=dilation, padding="same", name=name, **kwargs)]
     if stride == 1:
         return [conv_cls(kernel_size=kernel, strides=1, padding="same", name=name, **kwargs)]
     pad = kit.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")
     return [pad, conv_cls(kernel_size=kernel, strides=stride, padding="valid", name=name, **kwargs)]
+
+
+def _subsample(kit: LayerKit, spec: BlockSpec, name: str) -> list:
+    """For a dilated depthwise convolution at stride 2 (run at stride 1): every second row and
+    column, as a 1x1 max pool of stride 2. Placed after its BatchNorm and activation, which act
+    per pixel, so that the result is PyTorch's strided dilated convolution's (in inference; in
+    training BatchNorm's batch statistics cover all the stride-1 pixels) and TFMOT and the TFLite
+    converter still see the convolution followed by its BatchNorm, the pattern they fold."""
+    return [kit.layers.MaxPooling2D(1, strides=spec.stride, name=name)] if spec.dilation > 1 and spec.stride > 1 else []
 
 
 class BlockLayers(NamedTuple):
@@ -176,6 +183,7 @@ def block_layers(spec: BlockSpec, kit: LayerKit = KERAS, drop_path: float = 0.0)
             *dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"),
             bn(f"{p}_bn2"),
             act("act2"),
+            *_subsample(kit, spec, f"{p}_conv_dw_subsample"),
         ]
         after_se = [*conv(spec.out_channels, 1, 1, f"{p}_conv_pwl"), bn(f"{p}_bn3")]
         se = squeeze_excite(spec.mid_channels, spec.se_channels) if spec.se_channels else []

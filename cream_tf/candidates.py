@@ -7,9 +7,11 @@ that one architecture string names one network whatever space it came from. The 
 Kinds:
 - `mbconv`: 1x1 expansion, k x k depthwise (optionally dilated), optional squeeze-excite, 1x1
   projection; residual when stride 1 and channels match. A dilated depthwise convolution at a
-  stride-2 position runs at stride 1 and keeps every second row and column (TensorFlow has no
-  strided dilated convolution; the result equals PyTorch's `Conv2d(stride=2, dilation=d)`), so
-  it costs four times the multiply-adds of its stride-1 output, and the FLOPs counter says so.
+  stride-2 position runs at stride 1 and keeps every second row and column after its BatchNorm
+  and activation (TensorFlow has no strided dilated convolution; in inference the result equals
+  PyTorch's `Conv2d(stride=2, dilation=d)`, in training BatchNorm's batch statistics cover the
+  stride-1 pixels), so it costs four times the multiply-adds of its strided output, and the
+  FLOPs counter says so.
 - `bottleneck`: the official code's ResNet bottleneck (`SUPERNET.RESUNIT`,
   microsoft/Cream lib/models/blocks/residual_block.py): 1x1 (out/4) -> BN -> ReLU -> 3x3
   (stride) -> BN -> ReLU -> 1x1 (out) -> BN, a 1x1 + BN projection shortcut when the shape

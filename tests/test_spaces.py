@@ -222,6 +222,34 @@ def test_the_tf_keras_twin_is_the_same_network_in_every_preset(name):
     twin_of(model, arch, images, tolerance=1e-5)  # raises when the outputs differ
 
 
+def test_npu_int8_file_is_integer_only_and_every_preset_takes_qat(tmp_path):
+    """The npu space's point: its int8 file has no LOGISTIC (swish's sigmoid) and no float tensor.
+    And TFMOT's QAT wraps every layer the presets add (hard-swish, a dilated convolution's
+    subsampling between it and its BatchNorm's successors, the bottleneck)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from cream_tf import export
+    from cream_tf.qat import quantize_model
+
+    images = np.random.default_rng(0).normal(size=(8, 28, 28, 1)).astype("float32")
+    for name, path in (
+        ("npu", [0, 1, 4, 5, 3, 2, 7]),
+        ("extended", [6, 7, 8, 8, 3, 2, 7]),
+        ("depth", [3, 3, 6, 3, 6, 3, 3]),
+    ):
+        arch = _space(PRESETS[name], depths=(1, 2, 2, 1, 1), size=28).arch(path)
+        model = build_child(arch)
+        quantized = quantize_model(twin_of(model, arch, images[:2]))
+        assert quantized(images[:2], training=False).shape == (2, 10), name
+        if name == "npu":
+            model.export(str(tmp_path / "saved"), verbose=False)
+            interpreter = Interpreter(model_content=export.to_tflite_int8(str(tmp_path / "saved"), images))
+            ops = {op["op_name"] for op in interpreter._get_ops_details()}
+            assert "LOGISTIC" not in ops and "HARD_SWISH" in ops, ops
+            dtypes = {t["dtype"] for t in interpreter.get_tensor_details()}
+            assert dtypes <= {np.int8, np.int32}, dtypes
+
+
 # --- the supernet and the search ------------------------------------------------------------------
 
 TINY = """
