@@ -1,7 +1,8 @@
 """The Cream search space and `Arch`, the one description of a network in it.
 
 An `Arch` is a small immutable value: the choice index of every block in the five
-choice stages, plus the few settings that shape the network around them (input size
+choice stages, the candidate operations those indices choose from (cream_tf.candidates; the
+paper's six by default), plus the few settings that shape the network around them (input size
 and channels, class count, stem width and stride, dropout, drop-path). The FLOPs
 counter, the child-net builder, the zoo, the exporter and the search all take an `Arch`,
 and all of them decode it through `block_specs`, so there is one meaning of every
@@ -12,13 +13,18 @@ Canonical string (what `str(arch)` returns and `Arch.parse` reads):
     [3][3,3][3,1,3][3,3,3,3][3,3,3]@224;in=3;classes=1000;stem=16/2;dropout=0.2;drop_path=0
 
 Only the bracketed path is required; every `;key=value` after it is optional and
-defaults to the ImageNet settings. `@224` gives the input size.
+defaults to the ImageNet settings. `@224` gives the input size. An architecture of another
+space than the paper's ends with `;space=NAME` (a preset of cream_tf.candidates) or
+`;ops=TOKEN+TOKEN+...` (and `;fixed=...` when the fixed blocks differ): its indices choose
+from those.
 
 Example:
 
     >>> arch = Arch.parse("[3][3,3][3,1,3][3,3,3,3][3,3,3]@224")
     >>> arch.depths
     (1, 2, 3, 4, 3)
+    >>> Arch.parse("[0][0,6][0,6][0][0]@32;space=depth").ops.ops[6].kind
+    'skip'
 """
 
 from __future__ import annotations
@@ -28,8 +34,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 
-# Choice index -> (kernel size, expansion ratio), as in the paper and the official code.
-CHOICES: tuple[tuple[int, int], ...] = ((3, 4), (3, 6), (5, 4), (5, 6), (7, 4), (7, 6))
+from cream_tf.candidates import PRESETS, Candidate, OpSet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +58,6 @@ MAX_BLOCKS = 6
 DS_CHANNELS = 16  # fixed depthwise-separable stage 0
 LAST_CHANNELS = 320  # fixed 1x1 conv stage 6
 HEAD_CHANNELS = 1280
-SE_RATIO = 0.25
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -68,9 +72,10 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 class BlockSpec:
     """One block of the decoded network, with every width and stride resolved.
 
-    kind: 'stem' (conv-bn-swish), 'ds' (depthwise-separable), 'ir' (MBConv), 'cn'
-    (1x1 conv-bn-swish). `stage` is the position in the official module tree (0 = ds stage,
-    1..5 = choice stages, 6 = cn stage; -1 = stem); `choice` is -1 for fixed blocks.
+    kind: 'stem' (conv-bn-act), 'ds' (depthwise-separable), 'ir' (MBConv), 'bottleneck'
+    (ResNet), 'skip' (identity), 'cn' (1x1 conv-bn-act). `stage` is the position in the
+    official module tree (0 = ds stage, 1..5 = choice stages, 6 = cn stage; -1 = stem);
+    `choice` is -1 for fixed blocks. `se_channels` 0: no squeeze-excite.
     """
 
     kind: str
@@ -84,15 +89,19 @@ class BlockSpec:
     mid_channels: int
     se_channels: int
     in_size: int
+    activation: str = "swish"
+    dilation: int = 1
 
     @property
     def out_size(self) -> int:
-        # Symmetric k//2 padding (PyTorch style): out = floor((n + 2*(k//2) - k) / s) + 1.
-        return (self.in_size + 2 * (self.kernel // 2) - self.kernel) // self.stride + 1
+        # Symmetric d*(k//2) padding (PyTorch style) and odd kernels: out = floor((n - 1) / s) + 1.
+        return (self.in_size - 1) // self.stride + 1
 
     @property
     def residual(self) -> bool:
-        return self.kind in ("ds", "ir") and self.stride == 1 and self.in_channels == self.out_channels
+        """An identity shortcut around the block's layers (a bottleneck that changes the shape
+        has a projection shortcut instead)."""
+        return self.kind in ("ds", "ir", "bottleneck") and self.stride == 1 and self.in_channels == self.out_channels
 
     @property
     def name(self) -> str:
@@ -101,7 +110,7 @@ class BlockSpec:
 
 
 _PATH_RE = re.compile(r"^\s*((?:\[\s*\d+(?:\s*,\s*\d+)*\s*\]\s*){5})(?:@\s*(\d+))?\s*$")
-_KEYS = ("in", "classes", "stem", "dropout", "drop_path")
+_KEYS = ("in", "classes", "stem", "dropout", "drop_path", "space", "ops", "fixed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +118,7 @@ class Arch:
     """A network of the Cream space: block choices per stage plus the settings around them.
 
     Attributes:
-      choices: five tuples, one per choice stage, of choice indices 0..5 (see CHOICES).
+      choices: five tuples, one per choice stage, of indices into `ops.ops`.
       input_size: side of the square input image.
       in_channels: 3 for RGB, 1 for grayscale.
       num_classes: width of the classifier.
@@ -117,6 +126,7 @@ class Arch:
       stem_stride: 2 as in the paper; 1 for small images such as 28x28.
       dropout: dropout rate before the classifier.
       drop_path: stochastic-depth rate of the last block; scaled linearly from 0 at the first.
+      ops: the candidate operations and the fixed blocks' settings (default: the paper's).
     """
 
     choices: tuple[tuple[int, ...], ...]
@@ -127,6 +137,7 @@ class Arch:
     stem_stride: int = 2
     dropout: float = 0.2
     drop_path: float = 0.0
+    ops: OpSet = PRESETS["paper"]
 
     def __post_init__(self):
         choices = tuple(tuple(int(c) for c in stage) for stage in self.choices)
@@ -136,11 +147,17 @@ class Arch:
         for i, (stage, spec) in enumerate(zip(choices, STAGES)):
             if not 1 <= len(stage) <= MAX_BLOCKS:
                 raise ValueError(f"Stage {i + 1} (c{spec.channels}) has {len(stage)} blocks; valid is 1..{MAX_BLOCKS}.")
-            for c in stage:
-                if not 0 <= c < len(CHOICES):
+            for b, c in enumerate(stage):
+                if not 0 <= c < len(self.ops.ops):
                     raise ValueError(
-                        f"Choice index {c} in stage {i + 1} is out of range; valid is 0..{len(CHOICES) - 1} "
-                        f"(kernel, expansion) = {dict(enumerate(CHOICES))}."
+                        f"Choice index {c} in stage {i + 1} is out of range; valid is 0..{len(self.ops.ops) - 1}: "
+                        + ", ".join(f"{k} {op.token}" for k, op in enumerate(self.ops.ops))
+                        + "."
+                    )
+                if self.ops.ops[c].kind == "skip" and b == 0:
+                    raise ValueError(
+                        f"Choice index {c} (skip) at the first block of stage {i + 1}: a stage's first block "
+                        "changes the stride or the channels, so it cannot be skipped."
                     )
         _check_int("in_channels", self.in_channels, 1)
         _check_int("num_classes", self.num_classes, 1)
@@ -180,7 +197,7 @@ class Arch:
         return (
             f"{self.path}@{self.input_size};in={self.in_channels};classes={self.num_classes};"
             f"stem={self.stem_channels}/{self.stem_stride};dropout={self.dropout:g};"
-            f"drop_path={self.drop_path:g}"
+            f"drop_path={self.drop_path:g}{self.ops.to_string()}"
         )
 
     def replace(self, **changes) -> Arch:
@@ -200,6 +217,7 @@ class Arch:
                 "'[3][3,3][3,1,3][3,3,3,3][3,3,3]@224;in=3;classes=1000'."
             )
         fields = dict(defaults)
+        space = {}
         fields["choices"] = [
             tuple(int(c) for c in group.split(",")) for group in re.findall(r"\[([^\]]*)\]", match.group(1))
         ]
@@ -220,17 +238,24 @@ class Arch:
                         fields["stem_stride"] = int(stride)
                 elif key in ("dropout", "drop_path"):
                     fields[key] = float(value)
+                elif key in ("space", "ops", "fixed"):
+                    space[key] = value
                 else:
                     fields[{"in": "in_channels", "classes": "num_classes"}[key]] = int(value)
             except ValueError:
                 raise ValueError(
                     f"Setting {option!r} in architecture string {text!r} has a value that is not a number."
                 ) from None
+        if space:
+            fields["ops"] = OpSet.from_strings(space.get("space"), space.get("ops"), space.get("fixed"))
         return cls(**fields)
 
     def to_json(self) -> dict:
-        data = dataclasses.asdict(self)
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "ops"}
         data["choices"] = [list(stage) for stage in self.choices]
+        if self.ops != PRESETS["paper"]:
+            data["ops"] = [op.token for op in self.ops.ops]
+            data["fixed"] = self.ops.fixed_token
         data["string"] = str(self)
         return data
 
@@ -239,10 +264,13 @@ class Arch:
         if isinstance(data, str):
             data = json.loads(data)
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known - {"string"}
+        unknown = set(data) - known - {"string", "fixed"}
         if unknown:
             raise ValueError(f"Unknown architecture field(s) {sorted(unknown)}; valid are {sorted(known)}.")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        fields = {k: v for k, v in data.items() if k in known and k != "ops"}
+        if "ops" in data:
+            fields["ops"] = OpSet.from_strings(None, "+".join(data["ops"]), data.get("fixed") or None)
+        return cls(**fields)
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -252,37 +280,68 @@ def _check_int(name: str, value, minimum: int) -> None:
 
 def block_specs(arch: Arch) -> list[BlockSpec]:
     """Decodes an architecture into its blocks, stem first, cn stage last (head excluded)."""
-    size = arch.input_size
-    stem = BlockSpec("stem", -1, 0, -1, 3, arch.stem_stride, arch.in_channels, arch.stem_channels, 0, 0, size)
-    specs = [stem]
-    size = stem.out_size
-    ds = BlockSpec(
-        "ds", 0, 0, -1, 3, 1, arch.stem_channels, DS_CHANNELS, 0, make_divisible(arch.stem_channels * SE_RATIO), size
+    specs = fixed_head_specs(arch)
+    for stage_index, block_index, channels, size in _positions(arch):
+        specs.append(
+            choice_spec(arch.ops, stage_index, block_index, arch.choices[stage_index - 1][block_index], channels, size)
+        )
+    return [*specs, _cn_spec(arch)]
+
+
+def fixed_head_specs(arch: Arch) -> list[BlockSpec]:
+    """The stem and the depthwise-separable block."""
+    act, size = arch.ops.fixed_activation, arch.input_size
+    stem = BlockSpec("stem", -1, 0, -1, 3, arch.stem_stride, arch.in_channels, arch.stem_channels, 0, 0, size, act)
+    se = make_divisible(arch.stem_channels * arch.ops.fixed_se) if arch.ops.fixed_se else 0
+    ds = BlockSpec("ds", 0, 0, -1, 3, 1, arch.stem_channels, DS_CHANNELS, 0, se, stem.out_size, act)
+    return [stem, ds]
+
+
+def _cn_spec(arch: Arch) -> BlockSpec:
+    size = fixed_head_specs(arch)[-1].out_size
+    for spec in STAGES:
+        size = (size - 1) // spec.stride + 1
+    return BlockSpec(
+        "cn", len(STAGES) + 1, 0, -1, 1, 1, STAGES[-1].channels, LAST_CHANNELS, 0, 0, size, arch.ops.fixed_activation
     )
-    specs.append(ds)
-    channels = DS_CHANNELS
-    for stage_index, (stage, spec) in enumerate(zip(arch.choices, STAGES), start=1):
-        for block_index, choice in enumerate(stage):
-            kernel, expansion = CHOICES[choice]
-            stride = spec.stride if block_index == 0 else 1
-            mid = make_divisible(channels * expansion)
-            block = BlockSpec(
-                "ir",
-                stage_index,
-                block_index,
-                choice,
-                kernel,
-                stride,
-                channels,
-                spec.channels,
-                mid,
-                make_divisible(mid * SE_RATIO),
-                size,
-            )
-            specs.append(block)
-            size, channels = block.out_size, spec.channels
-    specs.append(BlockSpec("cn", len(STAGES) + 1, 0, -1, 1, 1, channels, LAST_CHANNELS, 0, 0, size))
-    return specs
+
+
+def _positions(arch: Arch):
+    """(stage, block, input channels, input size) of every choice position, in network order.
+    Widths and strides are the stages', so these do not depend on the choices."""
+    channels, size = DS_CHANNELS, fixed_head_specs(arch)[-1].out_size
+    for stage_index, (depth, spec) in enumerate(zip(arch.depths, STAGES), start=1):
+        for block_index in range(depth):
+            yield stage_index, block_index, channels, size
+            if block_index == 0:
+                size = (size - 1) // spec.stride + 1
+            channels = spec.channels
+
+
+def choice_spec(ops: OpSet, stage_index: int, block_index: int, choice: int, in_channels: int, size: int) -> BlockSpec:
+    """The block at a choice position taking candidate `choice`."""
+    spec = STAGES[stage_index - 1]
+    op: Candidate = ops.ops[choice]
+    stride = spec.stride if block_index == 0 else 1
+    common = dict(stage=stage_index, index=block_index, choice=choice, stride=stride, in_channels=in_channels)
+    common.update(out_channels=spec.channels, in_size=size)
+    if op.kind == "bottleneck":
+        return BlockSpec(
+            "bottleneck", kernel=3, mid_channels=spec.channels // 4, se_channels=0, activation="relu", **common
+        )
+    if op.kind == "skip":
+        return BlockSpec("skip", kernel=1, mid_channels=0, se_channels=0, **common)
+    mid = make_divisible(in_channels * op.expansion)
+    se = make_divisible(mid * op.se) if op.se else 0
+    return BlockSpec(
+        "ir",
+        kernel=op.kernel,
+        mid_channels=mid,
+        se_channels=se,
+        activation=op.activation,
+        dilation=op.dilation,
+        **common,
+    )
 
 
 def uniform_arch(depths: Iterable[int], choice: int, **settings) -> Arch:
@@ -302,7 +361,11 @@ class SearchSpace:
 
     @classmethod
     def create(cls, depths: Sequence[int], **settings) -> SearchSpace:
-        return cls(uniform_arch(depths, 0, **settings))
+        """`settings`: the other `Arch` fields; the template takes the first candidate that is
+        not a skip everywhere."""
+        ops = settings.get("ops", PRESETS["paper"])
+        first = next(c for c, op in enumerate(ops.ops) if op.kind != "skip")
+        return cls(uniform_arch(depths, first, **settings))
 
     @property
     def depths(self) -> tuple[int, ...]:
@@ -328,17 +391,25 @@ class SearchSpace:
             start += depth
         return self.template.replace(choices=tuple(stages))
 
+    @property
+    def ops(self) -> OpSet:
+        return self.template.ops
+
     def fixed_specs(self) -> list[BlockSpec]:
         """The blocks every path shares: stem, ds block, cn block."""
-        return [spec for spec in block_specs(self.template) if spec.choice < 0]
+        return [*fixed_head_specs(self.template), _cn_spec(self.template)]
 
-    def choice_specs(self) -> list[list[BlockSpec]]:
-        """[position][choice] -> the block at that position with that choice."""
-        per_choice = [
-            [spec for spec in block_specs(uniform_arch(self.depths, c, **self._settings())) if spec.choice >= 0]
-            for c in range(len(CHOICES))
+    def choice_specs(self) -> list[list[BlockSpec | None]]:
+        """[position][choice] -> the block at that position with that choice; None where the
+        candidate is not allowed there (a skip at a stage's first position)."""
+        return [
+            [
+                None if op.kind == "skip" and b == 0 else choice_spec(self.ops, s, b, c, channels, size)
+                for c, op in enumerate(self.ops.ops)
+            ]
+            for s, b, channels, size in _positions(self.template)
         ]
-        return [list(row) for row in zip(*per_choice)]
 
-    def _settings(self) -> dict:
-        return {f.name: getattr(self.template, f.name) for f in dataclasses.fields(Arch) if f.name != "choices"}
+    def allowed(self) -> list[list[int]]:
+        """Per position, the candidate indices a path may take there."""
+        return [[c for c, spec in enumerate(row) if spec is not None] for row in self.choice_specs()]

@@ -8,7 +8,8 @@ functional model of built-in layers that loads without this package, with the sa
 
 Numerics follow PyTorch/timm: BatchNorm epsilon 1e-5 and momentum 0.1 (Keras 0.9),
 symmetric k//2 padding on strided convolutions (TensorFlow's 'same' pads asymmetrically),
-hard_sigmoid = relu6(x + 3) / 6 (Keras 3's definition) for the SE gate, swish elsewhere.
+hard_sigmoid = relu6(x + 3) / 6 (Keras 3's definition) for the SE gate, each block's own
+activation elsewhere (swish in the paper's space; cream_tf.candidates).
 
 The layers of a block come from one recipe (`block_layers`, `head_layers`) over a `LayerKit`:
 Keras 3's layers here, tf_keras' for the quantization-aware twin (cream_tf.twin), so both
@@ -79,14 +80,15 @@ class LayerKit:
     batch_norm: the BatchNormalization class (the supernet trains with `FusedBatchNormalization`).
     hard_sigmoid: name -> the layers computing relu6(x + 3) / 6, the last one named `name`
       (tf_keras' own 'hard_sigmoid' is another function).
-    swish: name -> the layer computing x * sigmoid(x).
+    activation: (kind, name) -> the layer computing activation `kind` (cream_tf.candidates.ACTIVATIONS:
+      swish x * sigmoid(x), relu, relu6, hard_swish x * relu6(x + 3) / 6).
     """
 
     layers: Any
     model: type
     batch_norm: type
     hard_sigmoid: Callable[[str], list]
-    swish: Callable[[str], Any]
+    activation: Callable[[str, str], Any]
 
     @property
     def takes_training(self) -> tuple[type, ...]:
@@ -99,23 +101,38 @@ KERAS = LayerKit(
     keras.Model,
     layers.BatchNormalization,
     hard_sigmoid=lambda name: [layers.Activation("hard_sigmoid", name=name)],
-    swish=lambda name: layers.Activation("swish", name=name),
+    activation=lambda kind, name: layers.Activation(kind, name=name),
 )
 KERAS_FUSED = dataclasses.replace(KERAS, batch_norm=FusedBatchNormalization)
 
 
-def _padded(kit: LayerKit, depthwise: bool, kernel: int, stride: int, name: str, **kwargs) -> list:
-    """A convolution padded as PyTorch pads: k//2 on every side."""
+def _padded(kit: LayerKit, depthwise: bool, kernel: int, stride: int, name: str, dilation: int = 1, **kwargs) -> list:
+    """A convolution padded as PyTorch pads: dilation * (k//2) on every side. A dilated one runs
+    at stride 1 whatever `stride` says (TensorFlow's convolutions cannot stride and dilate at
+    once): the caller subsamples after it (`_subsample`)."""
     conv_cls = kit.layers.DepthwiseConv2D if depthwise else kit.layers.Conv2D
     kwargs["depthwise_initializer" if depthwise else "kernel_initializer"] = conv_initializer()
+    if dilation > 1:
+        return [conv_cls(kernel_size=kernel, strides=1, dilation_rate=dilation, padding="same", name=name, **kwargs)]
     if stride == 1:
         return [conv_cls(kernel_size=kernel, strides=1, padding="same", name=name, **kwargs)]
     pad = kit.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")
     return [pad, conv_cls(kernel_size=kernel, strides=stride, padding="valid", name=name, **kwargs)]
 
 
+def _subsample(kit: LayerKit, spec: BlockSpec, name: str) -> list:
+    """For a dilated depthwise convolution at stride 2 (run at stride 1): every second row and
+    column, as a 1x1 max pool of stride 2. Placed after its BatchNorm and activation, which act
+    per pixel, so that the result is PyTorch's strided dilated convolution's (in inference; in
+    training BatchNorm's batch statistics cover all the stride-1 pixels) and TFMOT and the TFLite
+    converter still see the convolution followed by its BatchNorm, the pattern they fold."""
+    return [kit.layers.MaxPooling2D(1, strides=spec.stride, name=name)] if spec.dilation > 1 and spec.stride > 1 else []
+
+
 class BlockLayers(NamedTuple):
-    """The built-in layers of one block, in the order they are applied (see `apply_block`)."""
+    """The built-in layers of one block, in the order they are applied (see `apply_block`):
+    the main path (`before_se`, the SE gate, `after_se`), then, when `add` is set, the sum with
+    the input (through `shortcut` when that is a projection) and `after_add`."""
 
     before_se: list
     se: list
@@ -123,6 +140,8 @@ class BlockLayers(NamedTuple):
     se_multiply: Any
     drop_path: Any
     add: Any
+    shortcut: list = []
+    after_add: list = []
 
 
 def block_layers(spec: BlockSpec, kit: LayerKit = KERAS, drop_path: float = 0.0) -> BlockLayers:
@@ -130,12 +149,12 @@ def block_layers(spec: BlockSpec, kit: LayerKit = KERAS, drop_path: float = 0.0)
     gate, an optional residual. Layer names follow the official module tree
     (`blocks_3_1_conv_dw` for `blocks.3.1.conv_dw`), which is what the checkpoint converter maps."""
     p, L = spec.name, kit.layers
-    conv = lambda filters, kernel, stride, name: _padded(
-        kit, False, kernel, stride, name, filters=filters, use_bias=False
+    conv = lambda filters, kernel, stride, name, bias=False: _padded(
+        kit, False, kernel, stride, name, filters=filters, use_bias=bias
     )
-    dwconv = lambda kernel, stride, name: _padded(kit, True, kernel, stride, name, use_bias=False)
+    dwconv = lambda kernel, stride, name: _padded(kit, True, kernel, stride, name, spec.dilation, use_bias=False)
     bn = lambda name: kit.batch_norm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
-    swish = lambda suffix: kit.swish(f"{p}_{suffix}")
+    act = lambda suffix: kit.activation(spec.activation, f"{p}_{suffix}")
 
     def squeeze_excite(channels, reduced):
         return [
@@ -147,36 +166,54 @@ def block_layers(spec: BlockSpec, kit: LayerKit = KERAS, drop_path: float = 0.0)
             *kit.hard_sigmoid(f"{p}_se_gate"),
         ]
 
-    se, before_se, after_se = [], [], []
+    se, before_se, after_se, shortcut, after_add = [], [], [], [], []
     if spec.kind in ("stem", "cn"):
         conv_name = "conv_stem" if spec.kind == "stem" else f"{p}_conv"
         bn_name = "bn1" if spec.kind == "stem" else f"{p}_bn1"
-        before_se = [*conv(spec.out_channels, spec.kernel, spec.stride, conv_name), bn(bn_name), swish("act")]
+        before_se = [*conv(spec.out_channels, spec.kernel, spec.stride, conv_name), bn(bn_name), act("act")]
     elif spec.kind == "ds":
-        before_se = [*dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"), bn(f"{p}_bn1"), swish("act1")]
+        before_se = [*dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"), bn(f"{p}_bn1"), act("act1")]
         after_se = [*conv(spec.out_channels, 1, 1, f"{p}_conv_pw"), bn(f"{p}_bn2")]
-        se = squeeze_excite(spec.in_channels, spec.se_channels)
+        se = squeeze_excite(spec.in_channels, spec.se_channels) if spec.se_channels else []
     elif spec.kind == "ir":
         before_se = [
             *conv(spec.mid_channels, 1, 1, f"{p}_conv_pw"),
             bn(f"{p}_bn1"),
-            swish("act1"),
+            act("act1"),
             *dwconv(spec.kernel, spec.stride, f"{p}_conv_dw"),
             bn(f"{p}_bn2"),
-            swish("act2"),
+            act("act2"),
+            *_subsample(kit, spec, f"{p}_conv_dw_subsample"),
         ]
         after_se = [*conv(spec.out_channels, 1, 1, f"{p}_conv_pwl"), bn(f"{p}_bn3")]
-        se = squeeze_excite(spec.mid_channels, spec.se_channels)
-    else:
-        raise ValueError(f"Unknown block kind {spec.kind!r}; valid are stem, ds, ir, cn.")
+        se = squeeze_excite(spec.mid_channels, spec.se_channels) if spec.se_channels else []
+    elif spec.kind == "bottleneck":  # microsoft/Cream lib/models/blocks/residual_block.py, `Bottleneck`
+        before_se = [
+            *conv(spec.mid_channels, 1, 1, f"{p}_conv1", bias=True),
+            bn(f"{p}_bn1"),
+            act("act1"),
+            *conv(spec.mid_channels, spec.kernel, spec.stride, f"{p}_conv2", bias=True),
+            bn(f"{p}_bn2"),
+            act("act2"),
+            *conv(spec.out_channels, 1, 1, f"{p}_conv3", bias=True),
+            bn(f"{p}_bn3"),
+        ]
+        if not spec.residual:
+            shortcut = [
+                *conv(spec.out_channels, 1, spec.stride, f"{p}_downsample_0", bias=True),
+                bn(f"{p}_downsample_1"),
+            ]
+        after_add = [act("act3")]
+    elif spec.kind != "skip":
+        raise ValueError(f"Unknown block kind {spec.kind!r}; valid are stem, ds, ir, bottleneck, skip, cn.")
     se_multiply = L.Multiply(name=f"{p}_se_mul") if se else None
     dropout = add = None
-    if spec.residual:
-        if drop_path > 0:
+    if spec.residual or shortcut:
+        if drop_path > 0 and spec.residual:
             # Dropping whole samples of the residual branch is stochastic depth.
             dropout = L.Dropout(drop_path, noise_shape=(None, 1, 1, 1), name=f"{p}_drop_path")
         add = L.Add(name=f"{p}_add")
-    return BlockLayers(before_se, se, after_se, se_multiply, dropout, add)
+    return BlockLayers(before_se, se, after_se, se_multiply, dropout, add, shortcut, after_add)
 
 
 def _apply(sequence, x, training, kit: LayerKit):
@@ -194,8 +231,8 @@ def apply_block(parts, inputs, training=None, kit: LayerKit = KERAS):
     if parts.add is not None:
         if parts.drop_path is not None:
             x = parts.drop_path(x, training=training)
-        x = parts.add([inputs, x])
-    return x
+        x = parts.add([_apply(parts.shortcut, inputs, training, kit), x])
+    return _apply(parts.after_add, x, training, kit)
 
 
 class Block(keras.layers.Layer):
@@ -214,19 +251,28 @@ class Block(keras.layers.Layer):
     def parts(self) -> list[layers.Layer]:
         """The built-in layers this block applies, by which weights map between networks."""
         extra = [self.se_multiply, self.drop_path, self.add]
-        return self.before_se + self.se + self.after_se + [layer for layer in extra if layer]
+        return (
+            self.before_se
+            + self.se
+            + self.after_se
+            + [layer for layer in extra if layer]
+            + self.shortcut
+            + self.after_add
+        )
 
     def call(self, inputs, training=None):
         return apply_block(self, inputs, training)
 
 
-def head_layers(num_classes: int, head_channels: int, dropout: float, kit: LayerKit = KERAS) -> list:
-    """MobileNetV3 head: global pool BEFORE a 1x1 conv with bias, swish, dropout, classifier."""
+def head_layers(
+    num_classes: int, head_channels: int, dropout: float, kit: LayerKit = KERAS, activation: str = "swish"
+) -> list:
+    """MobileNetV3 head: global pool BEFORE a 1x1 conv with bias, activation, dropout, classifier."""
     L = kit.layers
     sequence = [
         L.GlobalAveragePooling2D(keepdims=True, name="global_pool"),
         L.Conv2D(head_channels, 1, use_bias=True, kernel_initializer=conv_initializer(), name="conv_head"),
-        kit.swish("act2"),
+        kit.activation(activation, "act2"),
         L.Flatten(name="flatten"),
     ]
     if dropout > 0:
@@ -242,9 +288,9 @@ def apply_head(sequence, inputs, training=None, kit: LayerKit = KERAS):
 class Head(keras.layers.Layer):
     """The head (see `head_layers`) as one Keras 3 layer."""
 
-    def __init__(self, num_classes: int, head_channels: int, dropout: float, **kwargs):
+    def __init__(self, num_classes: int, head_channels: int, dropout: float, activation: str = "swish", **kwargs):
         super().__init__(name="head", **kwargs)
-        self.sequence = head_layers(num_classes, head_channels, dropout)
+        self.sequence = head_layers(num_classes, head_channels, dropout, activation=activation)
 
     @property
     def parts(self) -> list[layers.Layer]:

@@ -39,5 +39,6 @@ def build_child(arch: Arch, name: str = "cream", fused_bn: bool = False, kit: La
     x = apply_block(block_layers(specs[0], kit), inputs, kit=kit)
     for spec, rate in zip(specs[1:], drop_path_rates(arch)):
         x = apply_block(block_layers(spec, kit, drop_path=rate), x, kit=kit)
-    outputs = apply_head(head_layers(arch.num_classes, HEAD_CHANNELS, arch.dropout, kit), x, kit=kit)
+    head = head_layers(arch.num_classes, HEAD_CHANNELS, arch.dropout, kit, arch.ops.fixed_activation)
+    outputs = apply_head(head, x, kit=kit)
     return kit.model(inputs, outputs, name=name)

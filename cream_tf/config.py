@@ -10,7 +10,8 @@ errors that name the key and what is valid; each section's `validate()` checks t
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+
+from cream_tf.candidates import PAPER, Candidate, OpSet
 
 # Reading and writing configs (re-exported: `config.load(SearchConfig, file, overrides)`).
 from cream_tf.typed_yaml import (
@@ -20,6 +21,7 @@ from cream_tf.typed_yaml import (
     load,
     merge,
     parse_override,
+    read_files,
     read_yaml,
     save,
     to_dict,
@@ -164,6 +166,17 @@ class SpaceConfig:
     stem_stride: int = 2  # 1 for small images such as 28x28
     dropout: float = 0.0  # before the classifier
     drop_path: float = 0.0
+    # The operations every choice position may take (cream_tf.candidates), each a mapping of kind
+    # (mbconv, bottleneck, skip) and, for mbconv, kernel, expansion, dilation, se (0 = none),
+    # activation (swish, relu, relu6, hard_swish); default the paper's six. Presets:
+    # configs/spaces/*.yaml. cream.prior has one probability per candidate.
+    candidates: tuple[Candidate, ...] = PAPER
+    fixed_activation: str = "swish"  # the stem's, the separable block's, the last conv's and the head's
+    fixed_se: float = 0.25  # the separable block's squeeze-excite (0 = none)
+
+    def opset(self) -> OpSet:
+        """The candidates and fixed-block settings as one value (checked: ValueError naming what is wrong)."""
+        return OpSet(self.candidates, self.fixed_activation, self.fixed_se)
 
 
 @dataclasses.dataclass
@@ -251,6 +264,13 @@ class SearchConfig:
         require(self, "selection.export_paths", lambda v: v in EXPORT_PATHS, ", ".join(EXPORT_PATHS))
         require(self, "train.steps_per_epoch", lambda v: v >= 0, "0 (one pass over the split) or more")
         self.train.validate_checkpointing("train.")
+        ops = self.space.opset().ops
+        require(
+            self,
+            "cream.prior",
+            lambda v: len(v) in (0, len(ops)),
+            f"[] (uniform) or one probability per candidate ({len(ops)}: {', '.join(op.token for op in ops)})",
+        )
 
 
 @dataclasses.dataclass
@@ -424,11 +444,10 @@ def config_class_of(config_file: str, params_override: str = "") -> type:
     """Which config a file (with its overrides) is: RetrainConfig when it names a section or a
     `train` key only a retrain has (export, qat; optimizer, lr_schedule, ...), SearchConfig
     otherwise (the default command's), so `--mode=config` shows a file as the mode that reads it."""
-    text = Path(config_file).read_text() if Path(config_file).is_file() else ""
-    given = read_yaml(text, f"Config file {config_file!r}") or {}
-    if not isinstance(given, dict):
+    try:
+        given = merge(read_files(config_file), parse_override(params_override))
+    except ValueError:
         return SearchConfig  # load() names the problem
-    given = merge(given, parse_override(params_override))
 
     def own(cls, other):
         return {f.name for f in dataclasses.fields(cls)} - {f.name for f in dataclasses.fields(other)}

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from cream_tf.arch import Arch
+from cream_tf.candidates import PRESETS
 from cream_tf.childnet import build_child
 
 CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt")
@@ -39,7 +40,7 @@ def torch_module_name(layer_name: str) -> str:
     if not layer_name.startswith("blocks_"):
         return layer_name
     _, stage, block, rest = layer_name.split("_", 3)
-    return f"blocks.{stage}.{block}.{rest.replace('se_conv_', 'se.conv_')}"
+    return f"blocks.{stage}.{block}.{rest.replace('se_conv_', 'se.conv_').replace('downsample_', 'downsample.')}"
 
 
 def _expected(layer) -> dict[str, callable]:
@@ -211,6 +212,11 @@ def build_from_checkpoint(
     num_classes: None takes the checkpoint's class count (classifier.weight); a number that
       disagrees with the checkpoint is an error.
     """
+    if arch.ops != PRESETS["paper"]:
+        raise ValueError(
+            f"Official checkpoints hold networks of the paper's space; {arch} is of another "
+            f"({arch.ops.name or 'custom'} candidates). Valid is an architecture without ';space=' or ';ops='."
+        )
     found = checkpoint.num_classes
     if num_classes is not None and found is not None and num_classes != found:
         raise ValueError(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from cream_tf.arch import CHOICES, HEAD_CHANNELS, STAGES, Arch, BlockSpec, block_specs, uniform_arch
+from cream_tf.arch import HEAD_CHANNELS, STAGES, Arch, BlockSpec, SearchSpace, block_specs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +79,20 @@ def _se(prefix, channels, reduced):
 
 
 def block_cost(spec: BlockSpec) -> list[LayerCost]:
-    """The conv layers of one block, named after the official module tree."""
+    """The conv layers of one block, named after the official module tree. A dilated depthwise
+    convolution at stride 2 counts what runs: stride 1, then every second pixel kept
+    (cream_tf.blocks)."""
     p, s_in, s_out = spec.name.replace("_", "."), spec.in_size, spec.out_size
+    if spec.kind == "skip":
+        return []
+    if spec.kind == "bottleneck":
+        mid, cin, cout = spec.mid_channels, spec.in_channels, spec.out_channels
+        layers = [
+            _conv(f"{p}.conv1", s_in, s_in, cin, mid, 1, bias=True),
+            _conv(f"{p}.conv2", s_in, s_out, mid, mid, spec.kernel, bias=True),
+            _conv(f"{p}.conv3", s_out, s_out, mid, cout, 1, bias=True),
+        ]
+        return layers if spec.residual else [*layers, _conv(f"{p}.downsample", s_in, s_out, cin, cout, 1, bias=True)]
     if spec.kind == "stem":
         return [_conv("conv_stem", s_in, s_out, spec.in_channels, spec.out_channels, spec.kernel)]
     if spec.kind == "cn":
@@ -89,14 +101,17 @@ def block_cost(spec: BlockSpec) -> list[LayerCost]:
         c = spec.in_channels
         return [
             _conv(f"{p}.conv_dw", s_in, s_out, c, c, spec.kernel, groups=c),
-            *_se(p, c, spec.se_channels),
+            *(_se(p, c, spec.se_channels) if spec.se_channels else []),
             _conv(f"{p}.conv_pw", s_out, s_out, c, spec.out_channels, 1),
         ]
     mid = spec.mid_channels
+    dw = _conv(f"{p}.conv_dw", s_in, s_out, mid, mid, spec.kernel, groups=mid)
+    if spec.dilation > 1 and spec.stride > 1:
+        dw = dataclasses.replace(dw, macs=s_in * s_in * spec.kernel * spec.kernel * mid)
     return [
         _conv(f"{p}.conv_pw", s_in, s_in, spec.in_channels, mid, 1),
-        _conv(f"{p}.conv_dw", s_in, s_out, mid, mid, spec.kernel, groups=mid),
-        *_se(p, mid, spec.se_channels),
+        dw,
+        *(_se(p, mid, spec.se_channels) if spec.se_channels else []),
         _conv(f"{p}.conv_pwl", s_out, s_out, mid, spec.out_channels, 1),
     ]
 
@@ -149,7 +164,8 @@ def depths_for_flops_range(min_mflops: float, max_mflops: float, **settings) -> 
     """Blocks per choice stage for a FLOPs range, derived as in the official code.
 
     Starting from one block per stage, stages grow in the official order while the
-    choice-block multiply-adds of the largest net (every block k7 e6) stay within
+    choice-block multiply-adds of the largest net (the most expensive candidate at every
+    position; every block k7 e6 in the paper's space) stay within
     `max_mflops`; when even that is below `min_mflops`, growing continues until it reaches
     it. `settings` are the other `Arch` fields (input size, channels, stem stride, ...).
     With the paper's 0..600 at 224x224 this gives (4, 4, 5, 4, 4).
@@ -162,15 +178,17 @@ def depths_for_flops_range(min_mflops: float, max_mflops: float, **settings) -> 
         raise ValueError(
             f"FLOPs range [{min_mflops}, {max_mflops}] MFLOPs is not a valid range (need 0 <= min <= max)."
         )
-    largest_choice = len(CHOICES) - 1
 
-    def mflops(entries, choice):
-        return choice_block_macs(uniform_arch(_depths(entries), choice, **settings)) / 1e6
+    def mflops(entries, pick=max):
+        """The choice blocks' MFLOPs with the most (`pick=min`: least) expensive candidate at every
+        position: with the paper's six, every block k7 e6 (k3 e4), as the official rule."""
+        rows = SearchSpace.create(_depths(entries), **settings).choice_specs()
+        return sum(pick(_macs(spec) for spec in row if spec) for row in rows) / 1e6
 
     full = [1] * len(STAGES)
     for stage, limit in zip(_GROWTH_ORDER, _GROWTH_LIMIT):
         full[stage] = max(full[stage], limit)
-    smallest, largest = mflops([1] * len(STAGES), 0), mflops(full, largest_choice)
+    smallest, largest = mflops([1] * len(STAGES), min), mflops(full)
     if smallest > max_mflops or largest < min_mflops:
         raise ValueError(
             f"No architecture meets the FLOPs range [{min_mflops:g}, {max_mflops:g}] MFLOPs at "
@@ -185,7 +203,7 @@ def depths_for_flops_range(min_mflops: float, max_mflops: float, **settings) -> 
             grown[stage] += 1
             # Grow while the largest net is below the minimum, then while it stays within the
             # maximum; the first step over the maximum ends the growth, as in the official code.
-            if mflops(entries, largest_choice) >= min_mflops and mflops(grown, largest_choice) > max_mflops:
+            if mflops(entries) >= min_mflops and mflops(grown) > max_mflops:
                 return _depths(entries)
             entries = grown
     return _depths(entries)
@@ -200,14 +218,17 @@ class FlopsTable:
     """
 
     def __init__(self, space):
-        self.table = [[_macs(spec) for spec in row] for row in space.choice_specs()]
-        self.fixed = cost_of(space.template).macs - sum(row[0] for row in self.table)
+        # None where the candidate is not allowed at that position.
+        self.table = [[spec and _macs(spec) for spec in row] for row in space.choice_specs()]
+        template = [c for stage in space.template.choices for c in stage]
+        self.fixed = cost_of(space.template).macs - sum(row[c] for row, c in zip(self.table, template))
 
     def macs(self, flat_path: Sequence[int]) -> int:
         return self.fixed + sum(row[c] for row, c in zip(self.table, flat_path))
 
     def range(self) -> tuple[int, int]:
-        return (self.fixed + sum(min(row) for row in self.table), self.fixed + sum(max(row) for row in self.table))
+        allowed = [[m for m in row if m is not None] for row in self.table]
+        return (self.fixed + sum(min(row) for row in allowed), self.fixed + sum(max(row) for row in allowed))
 
 
 def _macs(spec: BlockSpec) -> int:

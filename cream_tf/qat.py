@@ -100,8 +100,9 @@ class KernelOnlyQuantizeConfig(OutputQuantizeConfig):
 def _own_config(layer):
     if isinstance(layer, (tf_keras.layers.Multiply, twin.Swish)):
         return OutputQuantizeConfig()
-    hard_sigmoid = isinstance(layer, tf_keras.layers.Activation) and layer.activation is twin.shifted_relu6
-    if hard_sigmoid or isinstance(layer, tf_keras.layers.Rescaling):
+    # The hard sigmoid's relu6(x + 3) and hard-swish: functions of ours that TFMOT's registry does not know.
+    ours = isinstance(layer, tf_keras.layers.Activation) and layer.activation in (twin.shifted_relu6, twin.hard_swish)
+    if ours or isinstance(layer, tf_keras.layers.Rescaling):
         return OutputQuantizeConfig()
     if isinstance(layer, tf_keras.layers.Conv2D) and layer.name.endswith("_se_conv_expand"):
         return KernelOnlyQuantizeConfig()

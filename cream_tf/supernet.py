@@ -1,4 +1,4 @@
-"""The weight-sharing supernet: six candidate blocks at every choice position.
+"""The weight-sharing supernet: every candidate block at every choice position.
 
 The path is an integer tensor (one choice per position) and `tf.switch_case` runs only the
 chosen block at each position, so one traced graph serves every path and a step costs about
@@ -35,15 +35,17 @@ class Supernet(keras.Model):
         rates = drop_path_rates(space.template)  # per block after the stem, in network order
         self.stem = Block(stem, fused_bn=True)
         self.ds = Block(ds, drop_path=rates[0], fused_bn=True)
+        # None where a candidate is not allowed (a skip at a stage's first position).
         self.choice_blocks = [
             [
-                Block(spec, drop_path=rates[1 + position], fused_bn=True, name=f"{spec.name}_choice{choice}")
+                spec and Block(spec, drop_path=rates[1 + position], fused_bn=True, name=f"{spec.name}_choice{choice}")
                 for choice, spec in enumerate(row)
             ]
             for position, row in enumerate(space.choice_specs())
         ]
         self.last = Block(cn, drop_path=rates[-1], fused_bn=True)
-        self.head = Head(space.template.num_classes, HEAD_CHANNELS, space.template.dropout)
+        t = space.template
+        self.head = Head(t.num_classes, HEAD_CHANNELS, t.dropout, t.ops.fixed_activation)
         self._build_every_block()
 
     def _build_every_block(self):
@@ -52,14 +54,20 @@ class Supernet(keras.Model):
         x = tf.zeros((1, t.input_size, t.input_size, t.in_channels))
         x = self.ds(self.stem(x))
         for row in self.choice_blocks:
-            x = [block(x) for block in row][0]
+            x = [block(x) for block in row if block][0]
         self.head(self.last(x))
         self.built = True
 
     @property
     def blocks(self) -> list:
         """Every block, in network order: stem, ds, each position's candidates, last, head."""
-        return [self.stem, self.ds, *[block for row in self.choice_blocks for block in row], self.last, self.head]
+        return [
+            self.stem,
+            self.ds,
+            *[block for row in self.choice_blocks for block in row if block],
+            self.last,
+            self.head,
+        ]
 
     @property
     def num_positions(self) -> int:
@@ -68,7 +76,10 @@ class Supernet(keras.Model):
     def call(self, images, path, training=None):
         x = self.ds(self.stem(images, training=training), training=training)
         for position, row in enumerate(self.choice_blocks):
-            x = tf.switch_case(path[position], [functools.partial(block, x, training=training) for block in row])
+            # A branch no valid path takes (None: not allowed here) repeats an allowed one.
+            allowed = next(block for block in row if block)
+            branches = [functools.partial(block or allowed, x, training=training) for block in row]
+            x = tf.switch_case(path[position], branches)
         return self.head(self.last(x, training=training), training=training)
 
     # --- which variables a path uses ------------------------------------------------------
@@ -80,6 +91,7 @@ class Supernet(keras.Model):
             id(v): (p, c)
             for p, row in enumerate(self.choice_blocks)
             for c, block in enumerate(row)
+            if block
             for v in block.weights
         }
 

@@ -6,7 +6,8 @@ Both come from the one builder (`cream_tf.childnet.build_child` over a `LayerKit
 are written differently. The SE gate's hard sigmoid: tf_keras' 'hard_sigmoid' activation is
 another function (0.2 x + 0.5, clipped), so the twin's gate computes Keras 3's relu6(x + 3) / 6
 as an `Activation` of `shifted_relu6` and a `Rescaling` by 1/6. Swish: a `Swish` layer that QAT
-can switch to round its sigmoid as TFLite's int8 file does. Weights move between the two by layer name.
+can switch to round its sigmoid as TFLite's int8 file does. Hard-swish, which tf_keras lacks: an
+`Activation` of `hard_swish`. Weights move between the two by layer name.
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ def _hard_sigmoid(name: str) -> list:
     ]
 
 
+def hard_swish(x):
+    """x * relu6(x + 3) / 6, Keras 3's 'hard_swish' (and PyTorch's Hardswish)."""
+    return x * tf.nn.relu6(x + 3.0) / 6.0
+
+
+def _activation(kind: str, name: str):
+    if kind == "swish":
+        return Swish(name=name)
+    return tf_keras.layers.Activation(hard_swish if kind == "hard_swish" else kind, name=name)
+
+
 class Swish(tf_keras.layers.Layer):
     """x * sigmoid(x), Keras' 'swish'. With `rounded_gate`, the sigmoid's output is first rounded to
     a multiple of 1/256 in [0, 255/256], as TFLite's int8 LOGISTIC writes it (its output
@@ -54,11 +66,9 @@ class Swish(tf_keras.layers.Layer):
         return {**super().get_config(), "rounded_gate": self.rounded_gate}
 
 
-TF_KERAS = LayerKit(
-    tf_keras.layers, tf_keras.Model, tf_keras.layers.BatchNormalization, _hard_sigmoid, lambda name: Swish(name=name)
-)
+TF_KERAS = LayerKit(tf_keras.layers, tf_keras.Model, tf_keras.layers.BatchNormalization, _hard_sigmoid, _activation)
 # What tf_keras needs to rebuild a twin from its config (TFMOT clones the model that way).
-CUSTOM_OBJECTS = {"shifted_relu6": shifted_relu6, "Swish": Swish}
+CUSTOM_OBJECTS = {"shifted_relu6": shifted_relu6, "hard_swish": hard_swish, "Swish": Swish}
 
 
 def build_twin(arch: Arch, name: str = "cream") -> tf_keras.Model:

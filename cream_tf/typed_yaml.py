@@ -140,16 +140,26 @@ def merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def load(cls: type[T], config_file: str | None = None, params_override: str = "") -> T:
-    """Defaults of `cls`, then the YAML file, then the overrides."""
+def read_files(config_file: str | None) -> dict:
+    """The YAML file, or files (comma-separated: each merged over the ones before it, e.g. a
+    search config, then a search space's), as one mapping."""
     data: dict[str, Any] = {}
-    if config_file:
-        path = Path(config_file)
+    for file in (config_file or "").split(","):
+        if not file.strip():
+            continue
+        path = Path(file.strip())
         if not path.is_file():
-            raise ValueError(f"Config file {config_file!r} does not exist.")
-        data = read_yaml(path.read_text(), f"Config file {config_file!r}") or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"Config file {config_file!r} is not a mapping of sections (data:, train:, ...).")
+            raise ValueError(f"Config file {str(path)!r} does not exist.")
+        layer = read_yaml(path.read_text(), f"Config file {str(path)!r}") or {}
+        if not isinstance(layer, dict):
+            raise ValueError(f"Config file {str(path)!r} is not a mapping of sections (data:, train:, ...).")
+        data = merge(data, layer)
+    return data
+
+
+def load(cls: type[T], config_file: str | None = None, params_override: str = "") -> T:
+    """Defaults of `cls`, then the YAML file(s) (`read_files`), then the overrides."""
+    data = read_files(config_file)
     data = merge(data, parse_override(params_override))
     return from_dict(cls, data)
 
@@ -174,8 +184,12 @@ def describe(config) -> str:
 
 
 def _inline(value) -> str:
-    plain = list(value) if isinstance(value, tuple) else value
-    return yaml.safe_dump(plain, default_flow_style=True).splitlines()[0]
+    plain = (
+        [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+        if isinstance(value, tuple)
+        else value
+    )
+    return yaml.safe_dump(plain, default_flow_style=True, width=float("inf")).splitlines()[0]
 
 
 def _field_comments(cls) -> dict[str, str]:

@@ -4,7 +4,8 @@ import pytest
 from torch_reference import timm_cream
 
 from cream_tf import zoo
-from cream_tf.arch import CHOICES, Arch, SearchSpace, block_specs, make_divisible
+from cream_tf.arch import Arch, SearchSpace, block_specs, make_divisible
+from cream_tf.candidates import PAPER
 
 
 def test_canonical_string_round_trips_every_field():
@@ -80,7 +81,7 @@ def test_small_inputs_need_stride_one_stem():
 @pytest.mark.parametrize("choice", range(6))
 def test_each_choice_decodes_to_the_kernel_and_expansion_timm_builds(choice):
     """Choice index -> (kernel, expansion) is checked against what timm builds from the block strings
-    of tests/torch_reference.py (written from the paper's table, not from CHOICES), at every
+    of tests/torch_reference.py (written from the paper's table, not from candidates.PAPER), at every
     position of a search space, first (stride 2) and later (stride 1) blocks of a stage alike."""
     space = SearchSpace.create((2, 1, 1, 1, 2))
     arch = space.arch([choice] * len(space.positions))
@@ -94,7 +95,7 @@ def test_each_choice_decodes_to_the_kernel_and_expansion_timm_builds(choice):
         kernel = theirs.conv_dw.kernel_size[0]
         expansion = theirs.conv_pw.out_channels / theirs.conv_pw.in_channels
         assert spec.choice == choice
-        assert CHOICES[choice] == (kernel, expansion), spec.name
+        assert (PAPER[choice].kernel, PAPER[choice].expansion) == (kernel, expansion), spec.name
         assert (spec.kernel, spec.kernel) == theirs.conv_dw.kernel_size, spec.name
         assert spec.stride == theirs.conv_dw.stride[0], spec.name
         # Every stage width times 4 or 6 is a multiple of 8, so the expanded width is exact.
@@ -108,7 +109,9 @@ def test_each_choice_decodes_to_the_kernel_and_expansion_timm_builds(choice):
 
 
 def test_choices_are_six_distinct_kernel_expansion_pairs():
-    assert len(CHOICES) == 6 and len(set(CHOICES)) == 6
+    pairs = {(op.kernel, op.expansion) for op in PAPER}
+    assert len(PAPER) == 6 and len(pairs) == 6
+    assert all(op.kind == "mbconv" and op.se == 0.25 and op.activation == "swish" and op.dilation == 1 for op in PAPER)
 
 
 def test_unknown_json_field_is_named():

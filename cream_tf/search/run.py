@@ -47,6 +47,7 @@ def build_space(config: SearchConfig) -> SearchSpace:
         stem_stride=s.stem_stride,
         dropout=s.dropout,
         drop_path=s.drop_path,
+        ops=s.opset(),
     )
     depths = tuple(s.depths) or depths_for_flops_range(s.flops_min, s.flops_max, **settings)
     return SearchSpace.create(depths, **settings)

@@ -1,10 +1,13 @@
-"""Samples paths from a prior over choices, rejected until their FLOPs fall in the range."""
+"""Samples paths from a prior over choices, rejected until their FLOPs fall in the range.
+
+At a position where a candidate is not allowed (a skip at a stage's first block) the prior is
+renormalized over the allowed ones."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from cream_tf.arch import CHOICES, SearchSpace
+from cream_tf.arch import SearchSpace
 from cream_tf.flops import FlopsTable
 
 
@@ -14,7 +17,7 @@ class PathSampler:
     Args:
       space: the search space.
       flops_range: (min, max) multiply-adds of the whole network, in MFLOPs.
-      prior: probability of each choice (the official default favours k5 e6); empty = uniform.
+      prior: probability of each candidate (the official default favours k5 e6); empty = uniform.
       seed: seeds the generator; `state()`/`set_state()` save and restore it exactly.
       max_tries: rejections before giving up with an error.
     """
@@ -25,13 +28,25 @@ class PathSampler:
         self.space = space
         self.table = FlopsTable(space)
         self.low, self.high = (float(v) * 1e6 for v in flops_range)
+        count = len(space.ops.ops)
         if prior:
             prior = np.asarray(prior, dtype=np.float64)
-            if prior.shape != (len(CHOICES),) or (prior < 0).any() or not np.isclose(prior.sum(), 1.0):
+            if prior.shape != (count,) or (prior < 0).any() or not np.isclose(prior.sum(), 1.0):
                 raise ValueError(
-                    f"prior must be {len(CHOICES)} non-negative probabilities summing to 1; got {list(prior)}."
+                    f"prior must be {count} non-negative probabilities summing to 1, one per candidate "
+                    f"({', '.join(op.token for op in space.ops.ops)}); got {list(prior)}."
                 )
         self.prior = prior if len(prior) else None
+        # Per position, the allowed candidates and their renormalized probabilities.
+        self.choices = []
+        for allowed in space.allowed():
+            weights = np.ones(len(allowed)) if self.prior is None else self.prior[allowed]
+            if weights.sum() == 0:
+                raise ValueError(
+                    f"prior {list(prior)} gives no weight to any candidate allowed at some position "
+                    f"(allowed: {[space.ops.ops[c].token for c in allowed]})."
+                )
+            self.choices.append((np.asarray(allowed), weights / weights.sum()))
         self.max_tries = max_tries
         self.rng = np.random.default_rng(seed)
         lowest, highest = self.table.range()
@@ -45,7 +60,7 @@ class PathSampler:
     def sample(self) -> tuple[np.ndarray, int]:
         """A path (int32, one choice per position) and its multiply-adds."""
         for _ in range(self.max_tries):
-            path = self.rng.choice(len(CHOICES), size=len(self.table.table), p=self.prior).astype(np.int32)
+            path = self._draw()
             macs = self.table.macs(path)
             if self.low <= macs <= self.high:
                 return path, macs
@@ -54,6 +69,13 @@ class PathSampler:
             f"{self.max_tries} samples from prior {self.prior}; widen the range or "
             "change the prior."
         )
+
+    def _draw(self) -> np.ndarray:
+        # The paper's space (no position restricted): one vectorized draw, the sequence that
+        # seeded runs have always drawn.
+        if all(len(allowed) == len(self.space.ops.ops) for allowed, _ in self.choices):
+            return self.rng.choice(len(self.space.ops.ops), size=len(self.choices), p=self.prior).astype(np.int32)
+        return np.array([self.rng.choice(allowed, p=p) for allowed, p in self.choices], np.int32)
 
     def state(self) -> dict:
         return self.rng.bit_generator.state
