@@ -325,11 +325,16 @@ def main():
         help="train the supernets and rank the fixed paths only (no winner or random path trained alone): "
         "with --reference, a quick check of a search variant's ranking",
     )
-    parser.add_argument("--smoke", action="store_true", help="tiny supernets and schedules, one seed")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny supernets and schedules, one seed, meta and none (top1 is meta's code)",
+    )
     args = parser.parse_args()
     args.methods = args.methods.split(",")
     if args.smoke:
         args.seeds, args.paths, args.random, args.repeats, args.standalone_steps = 1, 4, 1, 1, 3
+        args.methods = ["meta", "none"]
     if not args.out and args.smoke:
         args.out = tempfile.mkdtemp(prefix="search-quality-smoke-")
         atexit.register(shutil.rmtree, args.out, ignore_errors=True)  # 250 MB of supernets per smoke run
