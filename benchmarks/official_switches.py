@@ -395,6 +395,9 @@ def report(records: dict, config_file: str, overrides: str) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config_file", default=os.path.join(REPO, "configs", "search", "fashion_mnist.yaml"))
+    parser.add_argument(
+        "--overrides", default="", help="config overrides, e.g. train.seed=7 (another start, data order and paths)"
+    )
     parser.add_argument("--out", help="default runs/official_switches; --smoke: a fresh temporary folder")
     parser.add_argument(
         "--runs",
@@ -412,7 +415,7 @@ def main():
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     tf.get_logger().setLevel("ERROR")
-    overrides = SMOKE if args.smoke else ""
+    overrides = ",".join(o for o in (SMOKE if args.smoke else "", args.overrides) if o)
     if args.smoke:
         args.paths, args.noise_runs = 4, 1
         args.runs = args.runs or "ours,official,ours+1,m_from"
