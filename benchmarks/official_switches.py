@@ -11,8 +11,9 @@ configured) and trains the same sampled paths (cream_tf's rule, the prior restri
 range, seeded by train.seed). The warm-up epochs (plain training of those paths) are the same
 under every switch but `skipped_blocks`: they run once, with OURS, and every other run goes on
 from there. OURS is also run from the warm-up's weights perturbed by 1e-6 (relative, per element;
---noise_runs of them): training at lr 0.1 is chaotic, and those runs show how far two searches of
-one algorithm land apart, the noise a difference must exceed.
+--noise_runs of them): how far round-off alone moves a search fed the same batches and paths.
+`--overrides=train.seed=N --out=OTHER` runs the study from another start, data order and paths:
+the spread between seeds is the noise a difference must exceed to say more than "this seed".
 
 Reported per run: the final board (paths, MFLOPs, training-batch top-1) and how many of its paths
 OURS' board has too; the winner, as cream_tf.search.selection picks it (the board path with the
