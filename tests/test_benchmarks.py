@@ -19,7 +19,14 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
 # Studies take hours and run on their own, not from run_all.sh; each has its own smoke test below.
 # int8_latency.py times the files of an entry --mode=qat wrote, so it runs after a QAT run.
-STUDIES = ["convergence.py", "int8_latency.py", "search_dynamics.py", "search_quality.py", "trace_scaling.py"]
+STUDIES = [
+    "convergence.py",
+    "int8_latency.py",
+    "official_switches.py",
+    "search_dynamics.py",
+    "search_quality.py",
+    "trace_scaling.py",
+]
 TIMINGS = [script for script in SCRIPTS if script not in STUDIES]
 HELPERS = sorted(p.name for p in BENCHMARKS.glob("_*.py"))
 
@@ -246,6 +253,25 @@ def test_paired_difference_interval_is_students_t():
 
     assert paired(np.array([11.0, 12.0, 13.0]), np.array([10.0, 10.0, 10.0])) == "+2.00 [-0.48, +4.48]"
     assert paired(np.array([1.0]), np.array([0.0])) == "n/a"
+
+
+def test_official_switches_smoke_runs_ours_official_noise_and_a_single_switch():
+    output = run_smoke("official_switches.py")
+    runs, boards = tables(output)
+    assert [row["run"] for row in runs] == [
+        "OURS",
+        "OFFICIAL (all)",
+        "OURS, weights x (1 + 1e-6 N) after the warm-up, seed 1",
+        "m_from='last_negated'",
+    ]
+    assert runs[0]["board shared with OURS"] == "3/3"
+    for row in runs:
+        assert re.fullmatch(r"(\[[0-5](,[0-5])*\])+", row["winner"]), row
+        assert 0 < float(row["supernet top-1 (16 paths)"]) <= 100, row
+        assert 0 < float(row["m (mean +- sd)"].split(" ")[0]) < 1, row
+        positive(row["winner MFLOPs"])
+    assert [row["run"] for row in boards] == ["ours", "official", "ours+1", "m_from"]
+    assert "Noise, OURS and 1 run(s) from its warm-up perturbed by 1e-6" in output
 
 
 def test_search_dynamics_smoke_compares_inits_and_sees_the_meta_network_move():

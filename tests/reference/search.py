@@ -264,6 +264,32 @@ class ReferenceSearch:
                 for buffer, value in zip(self.net.buffers(), saved):
                     buffer.data.copy_(value)
 
+    @contextlib.contextmanager
+    def _meta_stepped_through_data(self):
+        """The supernet optimizer steps the meta layer (when it holds it, "shared", and the layer
+        has a gradient, zeroed or not) without autograd seeing it, as torch 1.2's optimizer, which
+        wrote through `.data`: the meta update's graph through m still holds the layer's weights,
+        and today's optimizer, writing to them in place, would make its backward refuse. It steps
+        aliases of their storage (`.data`: their own version counter) with their state and grads."""
+        state, swapped = self.optimizer.state, []
+        for group in self.optimizer.param_groups:
+            if not group.get("meta"):
+                continue
+            for i, p in enumerate(group["params"]):
+                alias = torch.nn.Parameter(p.data)
+                alias.grad = p.grad
+                if p in state:
+                    state[alias] = state.pop(p)
+                group["params"][i] = alias
+                swapped.append((group, i, p, alias))
+        try:
+            yield
+        finally:
+            for group, i, p, alias in swapped:
+                group["params"][i] = p
+                if alias in state:
+                    state[p] = state.pop(alias)
+
     # --- the board and the teacher ---------------------------------------------------------------
 
     def _board_scores(self, path, weights=None):
@@ -400,7 +426,8 @@ class ReferenceSearch:
             for p, g in zip(params, grads):
                 p.grad = g.detach().clone()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
-            self.optimizer.step()
+            with self._meta_stepped_through_data():
+                self.optimizer.step()
             for p in params:
                 p.grad = None
             with self._statistics_kept(not sw.side_forwards_update_bn):
