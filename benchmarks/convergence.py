@@ -8,8 +8,12 @@ After every epoch it records the mean training top-1 and loss of the sampled pat
 batch, before its update) and the mean held-out top-1 of a fixed set of paths with inherited
 weights (BatchNorm recalibrated per path on `selection.recalibrate_batches` training batches, the
 whole held-out split). The fixed set is the search-quality study's: one path per FLOPs quantile
-of many drawn with seed 2020. A seed gives every method the same data order and the same sampled
-paths, so the methods are compared pairwise per seed.
+of many drawn with seed 2020. A seed gives every method the same initial supernet and the same
+sampled paths, so the methods are compared pairwise per seed. The default search's
+`train.deterministic: false` is kept, so the input pipeline and some kernels still vary from run
+to run: the warm-up epochs, where every method trains alike, show how much that moves the curves.
+The training loss is each method's objective (with distillation, m KD + (2 - m) CE over 2), so
+only the top-1 figures compare like with like after the warm-up.
 
     .venv/bin/python benchmarks/convergence.py                      # 3 methods x 3 seeds, x1 and x3 (hours)
     .venv/bin/python benchmarks/convergence.py --factors=1 --runs=meta:0,none:0 --threads=1   # a share of it
@@ -153,7 +157,7 @@ def report(args, warmup_epochs: int) -> None:
         if not runs:
             continue
         print(f"### x{factor} epochs; seeds: " + "; ".join(f"{m} {sorted(r)}" for m, r in runs.items()))
-        # meta - none is paired by seed: a seed gives both the same data order and sampled paths.
+        # meta - none is paired by seed: a seed gives both the same initial supernet and sampled paths.
         both = sorted(set(runs.get("meta", {})) & set(runs.get("none", {})))
         for key, name in (
             ("held_out_top1", "held-out top-1 of the fixed paths"),
