@@ -10,6 +10,7 @@ errors that name the key and what is valid; each section's `validate()` checks t
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from cream_tf.candidates import PAPER, Candidate, OpSet
 
@@ -61,9 +62,7 @@ def invalid(key: str, value, valid: str) -> ValueError:
 def require(config, key: str, condition, valid: str, prefix: str = "") -> None:
     """Raises `invalid` for `key` (a dotted path into `config`; named `prefix + key` in the
     error) unless `condition(value)` holds."""
-    value = config
-    for part in key.split("."):
-        value = getattr(value, part)
+    value = functools.reduce(getattr, key.split("."), config)
     if not condition(value):
         raise invalid(prefix + key, value, valid)
 
@@ -166,10 +165,7 @@ class SpaceConfig:
     stem_stride: int = 2  # 1 for small images such as 28x28
     dropout: float = 0.0  # before the classifier
     drop_path: float = 0.0
-    # The operations every choice position may take (cream_tf.candidates), each a mapping of kind
-    # (mbconv, bottleneck, skip) and, for mbconv, kernel, expansion, dilation, se (0 = none),
-    # activation (swish, relu, relu6, hard_swish); default the paper's six. Presets:
-    # configs/spaces/*.yaml. cream.prior has one probability per candidate.
+    # What every choice position may take (cream_tf.candidates: kinds, settings; presets in configs/spaces).
     candidates: tuple[Candidate, ...] = PAPER
     fixed_activation: str = "swish"  # the stem's, the separable block's, the last conv's and the head's
     fixed_se: float = 0.25  # the separable block's squeeze-excite (0 = none)
@@ -264,13 +260,9 @@ class SearchConfig:
         require(self, "selection.export_paths", lambda v: v in EXPORT_PATHS, ", ".join(EXPORT_PATHS))
         require(self, "train.steps_per_epoch", lambda v: v >= 0, "0 (one pass over the split) or more")
         self.train.validate_checkpointing("train.")
-        ops = self.space.opset().ops
-        require(
-            self,
-            "cream.prior",
-            lambda v: len(v) in (0, len(ops)),
-            f"[] (uniform) or one probability per candidate ({len(ops)}: {', '.join(op.token for op in ops)})",
-        )
+        ops = [op.token for op in self.space.opset().ops]
+        valid = f"[] (uniform) or one probability per candidate ({len(ops)}: {', '.join(ops)})"
+        require(self, "cream.prior", lambda v: len(v) in (0, len(ops)), valid)
 
 
 @dataclasses.dataclass
