@@ -34,9 +34,9 @@ flags.DEFINE_enum("mode", None, MODES, "What to do.")
 flags.DEFINE_string(
     "config_file",
     None,
-    "search/retrain/eval/export: a YAML config (default: configs/search/"
-    "fashion_mnist.yaml, configs/retrain/fashion_mnist.yaml for retrain and eval; export reads data "
-    "from it only when given).",
+    "search/retrain/eval/export: a YAML config, or several comma-separated, later ones winning "
+    "(e.g. a search config, then configs/spaces/npu.yaml); default configs/search/fashion_mnist.yaml, "
+    "configs/retrain/fashion_mnist.yaml for retrain and eval; export reads data from it only when given.",
 )
 flags.DEFINE_string(
     "params_override", "", "search/retrain/eval/export: overrides, e.g. 'train.epochs=2,data.batch_size=64' or YAML."
