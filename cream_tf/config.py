@@ -190,7 +190,7 @@ class CreamConfig:
     # Learning rate of the meta step's simulated student step; 0 = the supernet's current lr.
     # (The official code takes the meta lr here, which scales the meta gradient down with it.)
     simulated_step_lr: float = 0.0
-    prior: tuple[float, ...] = (0.05, 0.2, 0.05, 0.5, 0.05, 0.15)  # per choice; empty = uniform
+    prior: tuple[float, ...] = (0.05, 0.2, 0.05, 0.5, 0.05, 0.15)  # per candidate; empty = uniform
     max_sampling_tries: int = 10000  # rejection sampling to the FLOPs range
 
 
