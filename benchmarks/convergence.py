@@ -75,9 +75,10 @@ def train(args, method: str, seed: int, factor: int) -> None:
 
         def end_epoch(self, logs):
             super().end_epoch(logs)
-            self.evaluator = self.evaluator or PathEvaluator(self.supernet, calibration)
-            paths = fixed_paths(self.space, self.config, args.paths, args.path_seed)
-            top1 = [self.evaluator.top1(p, held_out, config.selection.eval_batches) for p in paths]
+            if self.evaluator is None:
+                self.evaluator = PathEvaluator(self.supernet, calibration)
+                self.paths = fixed_paths(self.space, self.config, args.paths, args.path_seed)
+            top1 = [self.evaluator.top1(p, held_out, config.selection.eval_batches) for p in self.paths]
             del record["epochs"][self.epoch - 1 :]  # written before a restart from an earlier checkpoint
             record["epochs"].append(
                 {

@@ -60,6 +60,17 @@ LAST_CHANNELS = 320  # fixed 1x1 conv stage 6
 HEAD_CHANNELS = 1280
 
 
+def _strided(size: int, stride: int) -> int:
+    """A side after a stride, with symmetric dilation * (k//2) padding (PyTorch style) and odd kernels."""
+    return (size - 1) // stride + 1
+
+
+def allowed_at(op: Candidate, block_index: int) -> bool:
+    """Whether `op` may stand at a stage's block `block_index`: a skip never at a stage's first
+    block, which changes the stride or the channels."""
+    return op.kind != "skip" or block_index > 0
+
+
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Round channels as timm/the official code do: to a multiple of `divisor`, at most 10% down."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
@@ -94,8 +105,13 @@ class BlockSpec:
 
     @property
     def out_size(self) -> int:
-        # Symmetric d*(k//2) padding (PyTorch style) and odd kernels: out = floor((n - 1) / s) + 1.
-        return (self.in_size - 1) // self.stride + 1
+        return _strided(self.in_size, self.stride)
+
+    @property
+    def subsampled(self) -> bool:
+        """A dilated depthwise convolution at stride 2: it runs at stride 1 and every second row
+        and column is kept after it (cream_tf.blocks), which the FLOPs counter counts."""
+        return self.dilation > 1 and self.stride > 1
 
     @property
     def residual(self) -> bool:
@@ -154,7 +170,7 @@ class Arch:
                         + ", ".join(f"{k} {op.token}" for k, op in enumerate(self.ops.ops))
                         + "."
                     )
-                if self.ops.ops[c].kind == "skip" and b == 0:
+                if not allowed_at(self.ops.ops[c], b):
                     raise ValueError(
                         f"Choice index {c} (skip) at the first block of stage {i + 1}: a stage's first block "
                         "changes the stride or the channels, so it cannot be skipped."
@@ -300,7 +316,7 @@ def fixed_head_specs(arch: Arch) -> list[BlockSpec]:
 def _cn_spec(arch: Arch) -> BlockSpec:
     size = fixed_head_specs(arch)[-1].out_size
     for spec in STAGES:
-        size = (size - 1) // spec.stride + 1
+        size = _strided(size, spec.stride)
     return BlockSpec(
         "cn", len(STAGES) + 1, 0, -1, 1, 1, STAGES[-1].channels, LAST_CHANNELS, 0, 0, size, arch.ops.fixed_activation
     )
@@ -314,7 +330,7 @@ def _positions(arch: Arch):
         for block_index in range(depth):
             yield stage_index, block_index, channels, size
             if block_index == 0:
-                size = (size - 1) // spec.stride + 1
+                size = _strided(size, spec.stride)
             channels = spec.channels
 
 
@@ -404,7 +420,7 @@ class SearchSpace:
         candidate is not allowed there (a skip at a stage's first position)."""
         return [
             [
-                None if op.kind == "skip" and b == 0 else choice_spec(self.ops, s, b, c, channels, size)
+                choice_spec(self.ops, s, b, c, channels, size) if allowed_at(op, b) else None
                 for c, op in enumerate(self.ops.ops)
             ]
             for s, b, channels, size in _positions(self.template)

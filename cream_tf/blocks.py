@@ -126,7 +126,7 @@ def _subsample(kit: LayerKit, spec: BlockSpec, name: str) -> list:
     per pixel, so that the result is PyTorch's strided dilated convolution's (in inference; in
     training BatchNorm's batch statistics cover all the stride-1 pixels) and TFMOT and the TFLite
     converter still see the convolution followed by its BatchNorm, the pattern they fold."""
-    return [kit.layers.MaxPooling2D(1, strides=spec.stride, name=name)] if spec.dilation > 1 and spec.stride > 1 else []
+    return [kit.layers.MaxPooling2D(1, strides=spec.stride, name=name)] if spec.subsampled else []
 
 
 class BlockLayers(NamedTuple):

@@ -106,7 +106,7 @@ def block_cost(spec: BlockSpec) -> list[LayerCost]:
         ]
     mid = spec.mid_channels
     dw = _conv(f"{p}.conv_dw", s_in, s_out, mid, mid, spec.kernel, groups=mid)
-    if spec.dilation > 1 and spec.stride > 1:
+    if spec.subsampled:
         dw = dataclasses.replace(dw, macs=s_in * s_in * spec.kernel * spec.kernel * mid)
     return [
         _conv(f"{p}.conv_pw", s_in, s_in, spec.in_channels, mid, 1),

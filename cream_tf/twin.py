@@ -37,7 +37,7 @@ def _hard_sigmoid(name: str) -> list:
 
 def hard_swish(x):
     """x * relu6(x + 3) / 6, Keras 3's 'hard_swish' (and PyTorch's Hardswish)."""
-    return x * tf.nn.relu6(x + 3.0) / 6.0
+    return x * shifted_relu6(x) / 6.0
 
 
 def _activation(kind: str, name: str):

@@ -47,6 +47,9 @@ class PathSampler:
                     f"(allowed: {[space.ops.ops[c].token for c in allowed]})."
                 )
             self.choices.append((np.asarray(allowed), weights / weights.sum()))
+        # The paper's space restricts no position: one vectorized draw, the sequence that seeded
+        # runs have always drawn.
+        self.unrestricted = all(len(allowed) == count for allowed, _ in self.choices)
         self.max_tries = max_tries
         self.rng = np.random.default_rng(seed)
         lowest, highest = self.table.range()
@@ -71,9 +74,7 @@ class PathSampler:
         )
 
     def _draw(self) -> np.ndarray:
-        # The paper's space (no position restricted): one vectorized draw, the sequence that
-        # seeded runs have always drawn.
-        if all(len(allowed) == len(self.space.ops.ops) for allowed, _ in self.choices):
+        if self.unrestricted:
             return self.rng.choice(len(self.space.ops.ops), size=len(self.choices), p=self.prior).astype(np.int32)
         return np.array([self.rng.choice(allowed, p=p) for allowed, p in self.choices], np.int32)
 
