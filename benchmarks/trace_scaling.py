@@ -19,6 +19,7 @@ not inherit another's memory or caches.
     .venv/bin/python benchmarks/trace_scaling.py                          # both supernets, 1 2 4 8
     .venv/bin/python benchmarks/trace_scaling.py --configs=fashion_mnist --replicas=1,2
     .venv/bin/python benchmarks/trace_scaling.py --space=tiny --launch=workers   # 8 small processes
+    .venv/bin/python benchmarks/trace_scaling.py --configs=fashion_mnist,fashion_mnist+extended --replicas=1
     .venv/bin/python benchmarks/trace_scaling.py --smoke                  # the tiny space, 1 and 2
 
 Prints Markdown tables and the machine it ran on.
@@ -58,7 +59,9 @@ def measure(args) -> dict:
     from cream_tf.search.trainer import SearchModel
     from cream_tf.supernet import Supernet
 
-    config_file = os.path.join(REPO, "configs", "search", f"{args.config}.yaml")
+    search, _, preset = args.config.partition("+")  # NAME+PRESET: a space preset over the search config
+    config_file = os.path.join(REPO, "configs", "search", f"{search}.yaml")
+    config_file += f",{os.path.join(REPO, 'configs', 'spaces', f'{preset}.yaml')}" if preset else ""
     overrides = f"data.batch_size={args.batch * args.replicas},space.dropout=0.0"
     overrides += "".join("," + o for o in [TINY if args.tiny else "", args.params_override] if o)
     config = config_lib.load(config_lib.SearchConfig, config_file, overrides)
@@ -178,7 +181,12 @@ def table(rows, headers, keys, formats, ratios, extra=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default=None, help="supernets by search config (default: fashion_mnist,imagenet)")
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help="supernets by search config, NAME or NAME+PRESET (configs/spaces/PRESET.yaml over it; default: "
+        "fashion_mnist,imagenet)",
+    )
     parser.add_argument("--replicas", default=None, help="replica counts (default: 1,2,4,8)")
     parser.add_argument("--space", choices=("full", "tiny"), default="full", help="tiny: " + TINY)
     parser.add_argument(

@@ -25,6 +25,7 @@ STUDIES = [
     "official_switches.py",
     "search_dynamics.py",
     "search_quality.py",
+    "spaces.py",
     "trace_scaling.py",
 ]
 TIMINGS = [script for script in SCRIPTS if script not in STUDIES]
@@ -243,6 +244,19 @@ def test_convergence_smoke_prints_a_curve_per_figure():
             mean, sd = row["none (mean +- sd)"].split(" +- ")
             positive(mean)
             assert float(sd) >= 0, row  # two seeds: a spread (0.00 when they agree to two decimals)
+
+
+def test_spaces_smoke_searches_the_npu_space_through_main_py():
+    """A tiny search in the npu space, as a user runs it: one train-step graph for every path, a
+    winner of that space whose int8 file is integer-only and has no LOGISTIC (swish's sigmoid)."""
+    output = run_smoke("spaces.py")
+    (search,) = table_with(output, "trace + first step s")
+    assert search["space"] == "npu" and search["traces"] == "1", search
+    for column in ("wall s", "CPU s", "trace + first step s", "MFLOPs", "held-out top-1 %"):
+        positive(search[column])
+    (int8,) = table_with(output, "latency ms")
+    assert int8["LOGISTIC"] == "0" and int8["float tensors"] == "0" and int(int8["HARD_SWISH"]) > 0, int8
+    positive(int8["latency ms"])
 
 
 def test_paired_difference_interval_is_students_t():
