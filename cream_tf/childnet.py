@@ -34,11 +34,19 @@ def build_child(arch: Arch, name: str = "cream", fused_bn: bool = False, kit: La
       same network of tf_keras layers with it, for quantization-aware training.
     """
     kit = kit or (KERAS_FUSED if fused_bn else KERAS)
-    specs = block_specs(arch)
     inputs = kit.layers.Input((arch.input_size, arch.input_size, arch.in_channels), name="image")
-    x = apply_block(block_layers(specs[0], kit), inputs, kit=kit)
-    for spec, rate in zip(specs[1:], drop_path_rates(arch)):
-        x = apply_block(block_layers(spec, kit, drop_path=rate), x, kit=kit)
-    head = head_layers(arch.num_classes, HEAD_CHANNELS, arch.dropout, kit, arch.ops.fixed_activation)
-    outputs = apply_head(head, x, kit=kit)
+    x, _ = apply_trunk(arch, inputs, kit)
+    outputs = apply_head(
+        head_layers(arch.num_classes, HEAD_CHANNELS, arch.dropout, kit, arch.ops.fixed_activation), x, kit=kit
+    )
     return kit.model(inputs, outputs, name=name)
+
+
+def apply_trunk(arch: Arch, inputs, kit: LayerKit = KERAS):
+    """Every block of `arch` from the stem to the 320-channel conv, applied to `inputs` (symbolic,
+    of any spatial size: the padding does not depend on it). Returns the last map and each block's
+    output by block name (`BlockSpec.name`)."""
+    specs, x, outputs = block_specs(arch), inputs, {}
+    for spec, rate in zip(specs, [0.0, *drop_path_rates(arch)]):
+        x = outputs[spec.name] = apply_block(block_layers(spec, kit, drop_path=rate), x, kit=kit)
+    return x, outputs

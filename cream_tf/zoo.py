@@ -86,22 +86,40 @@ def build(
     return model
 
 
-def load_weights_from(model: keras.Model, source) -> None:
-    """Copies weights from a `.keras` file or an entry folder into `model`, layer by layer."""
+def weights_file(source, checkpoints: bool = False) -> Path:
+    """The file weights `source` names: a `.keras` file, an entry folder's model.keras, or (when
+    `checkpoints`) an official PyTorch checkpoint; ValueError naming it otherwise."""
     path = Path(source)
-    if path.is_dir():
-        path = path / "model.keras"
+    if checkpoints and convert.is_checkpoint_path(source) and path.is_file():
+        return path
+    path = path / "model.keras" if path.is_dir() else path
     if path.suffix != ".keras" or not path.is_file():
+        options = f"a PyTorch checkpoint ({', '.join(convert.CHECKPOINT_SUFFIXES)})"
         raise ValueError(
-            f"weights={str(source)!r} is not a .keras file or a zoo entry folder holding "
-            "model.keras, nor a PyTorch checkpoint ("
-            + ", ".join(convert.CHECKPOINT_SUFFIXES)
-            + "); valid are None or such a path."
+            f"weights={str(source)!r} is not a .keras file or a zoo entry folder holding model.keras, "
+            f"{'or' if checkpoints else 'nor'} {options}; valid are None or such a path."
         )
-    donor = keras.models.load_model(path, compile=False)
-    if [tuple(w.shape) for w in donor.weights] != [tuple(w.shape) for w in model.weights]:
-        raise ValueError(
-            f"The weights in {str(path)!r} are for a different architecture than "
-            f"{model.name!r} (input {model.input_shape}, output {model.output_shape})."
-        )
-    model.set_weights(donor.get_weights())
+    return path
+
+
+def load_weights_from(model: keras.Model, source, arch: Arch | None = None) -> None:
+    """Copies weights into `model`, layer by name, from a `.keras` file, an entry folder holding
+    one, or (given the model's `arch`) an official checkpoint. The source may hold layers `model`
+    lacks (a classifier): a model without its top takes weights trained with it."""
+    path = weights_file(source, checkpoints=arch is not None)
+    if convert.is_checkpoint_path(path):
+        donor, _ = convert.build_from_checkpoint(arch, convert.read_checkpoint(path))
+    else:
+        donor = keras.models.load_model(path, compile=False)
+    theirs = {layer.name: layer for layer in donor.layers if layer.weights}
+    for layer in (layer for layer in model.layers if layer.weights):
+        given = theirs.get(layer.name)
+        if given is None or [tuple(w.shape) for w in given.weights] != [tuple(w.shape) for w in layer.weights]:
+            found = [tuple(w.shape) for w in given.weights] if given is not None else "no such layer"
+            raise ValueError(
+                f"The weights in {str(source)!r} are for a different architecture than {model.name!r} (input "
+                f"{model.input_shape}): its layer {layer.name!r} has weights of shapes "
+                f"{[tuple(w.shape) for w in layer.weights]}, the source {found}. Valid are weights of the same "
+                "architecture (and class count, with the classifier)."
+            )
+        layer.set_weights(given.get_weights())
