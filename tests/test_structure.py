@@ -21,6 +21,7 @@ LAYERS = [
         "cream_tf.launch",
         "cream_tf.native_logs",
         "cream_tf.folders",
+        "cream_tf.detection",
     ],
     ["cream_tf.arch"],
     ["cream_tf.typed_yaml", "cream_tf.run_guard", "cream_tf.tflite_metadata"],
@@ -36,13 +37,20 @@ LAYERS = [
     ["cream_tf.data.pipeline"],
     ["cream_tf.data"],
     ["cream_tf.zoo", "cream_tf.supernet", "cream_tf.checkpoints"],
-    ["cream_tf.evaluate", "cream_tf.optim", "cream_tf.training"],
+    [
+        "cream_tf.evaluate",
+        "cream_tf.optim",
+        "cream_tf.training",
+        "cream_tf.applications",
+        "cream_tf.detection.demo_data",
+    ],
+    ["cream_tf.detection.garden"],
     ["cream_tf.export", "cream_tf.search.board", "cream_tf.search.sampler", "cream_tf.search"],
     ["cream_tf.qat"],
     ["cream_tf.search.trainer", "cream_tf.search.selection", "cream_tf.retrain"],
     ["cream_tf.search.run"],
     ["cream_tf.commands"],
-    ["cream_tf.cli"],
+    ["cream_tf.cli", "cream_tf.detection.__main__"],
 ]
 
 
@@ -133,6 +141,7 @@ def test_the_checks_catch_what_they_are_for():
         "cream_tf.zoo",
         "cream_tf.supernet",
         "cream_tf.data",
+        "cream_tf.applications",
     ],
 )
 def test_docstring_examples_run(name):
@@ -143,7 +152,7 @@ def test_docstring_examples_run(name):
 
 def test_no_docstring_example_is_left_unchecked():
     """Examples with `>>>` are the doctests above; anywhere else they would show unchecked output."""
-    checked = {"arch", "candidates", "childnet", "flops", "zoo", "supernet", "data/__init__"}
+    checked = {"arch", "candidates", "childnet", "flops", "zoo", "supernet", "data/__init__", "applications"}
     unchecked = [
         str(p.relative_to(REPO))
         for p in PACKAGE.rglob("*.py")
