@@ -76,9 +76,13 @@ class Supernet(keras.Model):
     def call(self, images, path, training=None):
         x = self.ds(self.stem(images, training=training), training=training)
         for position, row in enumerate(self.choice_blocks):
-            # A branch no valid path takes (None: not allowed here) repeats an allowed one.
-            allowed = next(block for block in row if block)
-            branches = [functools.partial(block or allowed, x, training=training) for block in row]
+            # A branch no valid path takes (None: a candidate not allowed here) gives zeros of the
+            # position's shape. Calling an allowed block again there would put one layer in two
+            # branches, which TensorFlow refuses inside the train step's cond.
+            spec = next(block for block in row if block).spec
+            shape = [tf.shape(x)[0], spec.out_size, spec.out_size, spec.out_channels]
+            unused = functools.partial(tf.zeros, shape, x.dtype)
+            branches = [functools.partial(block, x, training=training) if block else unused for block in row]
             x = tf.switch_case(path[position], branches)
         return self.head(self.last(x, training=training), training=training)
 
