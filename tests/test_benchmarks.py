@@ -21,6 +21,7 @@ SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswit
 # int8_latency.py times the files of an entry --mode=qat wrote, so it runs after a QAT run.
 STUDIES = [
     "convergence.py",
+    "detection.py",
     "int8_latency.py",
     "official_switches.py",
     "search_dynamics.py",
@@ -38,13 +39,13 @@ RATIO_COLUMNS = ("ratio to plain", "ours / PyTorch", "speed vs ONNX Runtime", "s
 TEXT_COLUMNS = ("step", "net", "input", "runtime", "comparison", "target")
 
 
-def run_smoke(script: str) -> str:
+def run_smoke(script: str, *extra: str) -> str:
     """The script's --smoke output, after checking that it succeeded and printed tables; a timing
     script's tables (not a study's, whose correlations may be negative) hold a header, data rows and
     only positive finite figures (ratios as '1.23x'). Each script's smoke run is read by one test
     only, so the tests can run in any process (pytest-xdist) without running a script twice."""
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--smoke"],
+        [sys.executable, str(BENCHMARKS / script), "--smoke", *extra],
         cwd=BENCHMARKS.parent,
         capture_output=True,
         text=True,
@@ -257,6 +258,36 @@ def test_spaces_smoke_searches_the_npu_space_through_main_py():
     (int8,) = table_with(output, "latency ms")
     assert int8["LOGISTIC"] == "0" and int8["float tensors"] == "0" and int(int8["HARD_SWISH"]) > 0, int8
     positive(int8["latency ms"])
+
+
+def test_detection_smoke_trains_evaluates_exports_and_times_a_cream_retinanet(tmp_path):
+    """RetinaNet with a Cream backbone through Model Garden's drivers (python -m cream_tf.detection)
+    on a tiny demo set: a few steps with TensorBoard summaries, a COCO evaluation, the on-device
+    SavedModel export, which loads and runs, and its TFLite file, timed."""
+    import tensorflow as tf
+
+    output = run_smoke("detection.py", f"--out={tmp_path}")
+    (row,) = table_with(output, "AP50")
+    assert row["backbone"] == "cream", row
+    for column in ("AP", "AP50", "AP75"):
+        assert 0 <= float(row[column]) <= 100, row  # COCO AP of an untrained detector: 0 or near it
+    for column in ("train steps/s", "TFLite float ms"):
+        positive(row[column])
+    # The backbone's convolutions by TensorFlow's profiler against cream_tf's counter (cream_14 at
+    # 128x128 without the classifier head: 1x1 conv to 1280 and the classifier), and the detector's.
+    from cream_tf import zoo
+    from cream_tf.flops import cost_of
+
+    counted = (cost_of(zoo.arch_of("cream_14", input_size=128)).macs - 320 * 1280 - 1280 * 1000) / 1e6
+    backbone, detector = positive(row["backbone MMACs"]), positive(row["detector MMACs"])
+    assert 0.95 * counted <= backbone <= 1.05 * counted < detector, (row, counted)
+    cream = tmp_path / "cream"
+    assert list((cream / "model" / "train").glob("events.out.tfevents.*")), "no TensorBoard summaries of training"
+    assert list((cream / "model" / "validation").glob("events.out.tfevents.*")), "nor of evaluation"
+    assert "type: cream" in (cream / "model" / "params.yaml").read_text()
+    served = tf.saved_model.load(str(cream / "export" / "saved_model")).signatures["serving_default"]
+    boxes = [v for v in served(tf.zeros([1, 128, 128, 3])).values() if v.shape.rank == 3]
+    assert boxes and boxes[0].shape[-1] == 4
 
 
 def test_paired_difference_interval_is_students_t():

@@ -8,7 +8,7 @@ Importing this module registers, with Model Garden's factories (tf-models-offici
   Model Garden's decoders read;
 - `retinanet_cream_coco`: Model Garden's RetinaNet COCO recipe (`retinanet_resnetfpn_coco`: 640x640,
   FPN levels 3-7, focal loss, SGD with a step schedule over 72 epochs) with a Cream backbone;
-- `retinanet_cream_demo` and `retinanet_mobilenetv3small_demo`: one small recipe for the demo set
+- `retinanet_cream_demo` and `retinanet_mobilenetv3small_demo`: one small recipe (CPU-sized) for the demo set
   (cream_tf.detection.demo_data), with a Cream backbone and with Model Garden's own
   MobileNetV3-Small, trained the same way.
 
@@ -131,8 +131,10 @@ def retinanet_cream_coco() -> cfg.ExperimentConfig:
 
 
 def _demo(backbone) -> cfg.ExperimentConfig:
-    """RetinaNet on the demo set: 256x256, levels 3-6, a light FPN and head, Adam with cosine decay."""
-    size, batch, steps = 256, 16, 3000
+    """RetinaNet on the demo set, sized for a CPU: 128x128 input (the 256-pixel canvases resized),
+    levels 3-5 with anchors of 2 strides (its items are 16-43 pixels there), a light FPN and head
+    of separable convolutions, Adam with cosine decay over 1500 steps of 16 images."""
+    size, batch, steps = 128, 16, 1500
     config = retinanet.retinanet_resnetfpn_coco()
     task = config.task
     task.init_checkpoint = None
@@ -143,16 +145,16 @@ def _demo(backbone) -> cfg.ExperimentConfig:
         num_classes=11,  # 10 Fashion-MNIST classes and background (0)
         input_size=[size, size, 3],
         min_level=3,
-        max_level=6,
+        max_level=5,
         backbone=backbone,
         decoder=decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=64, use_separable_conv=True)),
         head=retinanet.RetinaNetHead(num_convs=2, num_filters=64, use_separable_conv=True),
-        anchor=retinanet.Anchor(anchor_size=3.0),
+        anchor=retinanet.Anchor(anchor_size=2.0),
     )
     task.losses.l2_weight_decay = 4e-5
     for data, split, training in ((task.train_data, "train", True), (task.validation_data, "val", False)):
         data.input_path = os.path.join(DEMO_DIR, f"{split}-*")
-        data.global_batch_size = batch
+        data.global_batch_size = batch if training else 8
         data.dtype = "float32"
         data.is_training = training
         data.shuffle_buffer_size = 1000
@@ -160,7 +162,7 @@ def _demo(backbone) -> cfg.ExperimentConfig:
     config.runtime.mixed_precision_dtype = "float32"
     config.trainer = cfg.TrainerConfig(
         train_steps=steps,
-        validation_steps=200 // batch,
+        validation_steps=25,  # the 200 validation images
         validation_interval=500,
         steps_per_loop=100,
         summary_interval=100,
