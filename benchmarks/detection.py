@@ -1,6 +1,7 @@
 """RetinaNet on the detection demo set with a Cream backbone against Model Garden's own
-MobileNetV3-Small, trained the same way (cream_tf.detection.garden's demo recipe: same input size,
-steps, schedule, FPN and head; both backbones from fresh weights).
+MobileNetV3-Large (about cream_43's multiply-adds) and -Small (about a quarter), trained the same
+way (cream_tf.detection.garden's demo recipe: same input size, steps, schedule, FPN and head;
+every backbone from fresh weights).
 
 Every step is a user's command (`python -m cream_tf.detection ...`, Model Garden's drivers):
 the demo set (made once), training with evaluation (`--mode=train_and_eval`), export of the
@@ -11,7 +12,7 @@ the multiply-adds of the detector's convolutions and of its backbone's (the TF p
 / 2, at batch 1), and the TFLite file's batch-1
 latency in LiteRT with XNNPACK at one thread, the files timed in alternation (_common.alternate).
 
-    .venv/bin/python benchmarks/detection.py                  # both backbones, about 45 min on 2 cores
+    .venv/bin/python benchmarks/detection.py                  # three backbones, about 40 min on 2 cores
     .venv/bin/python benchmarks/detection.py --backbones=cream --steps=200
     .venv/bin/python benchmarks/detection.py --smoke          # a tiny set, cream only, 2 steps
 
@@ -35,7 +36,7 @@ from pathlib import Path
 from _common import alternate, machine, table
 
 REPO = Path(__file__).resolve().parent.parent
-BACKBONES = {"cream": "retinanet_cream_demo", "mobilenetv3small": "retinanet_mobilenetv3small_demo"}
+BACKBONES = {b: f"retinanet_{b}_demo" for b in ("cream", "mobilenetv3large", "mobilenetv3small")}
 STEPS_PER_SECOND = re.compile(r"train \| step:\s+\d+ \| steps/sec:\s+([\d.]+)")
 # A line of the TF profiler's report (model_flops.txt): `name (self/total flops)`, e.g. 1.18m.
 PROFILED = re.compile(r"^\s*(\S+) \(([\d.]+)([kmb]?)/[^)]*flops\)$", re.M)
