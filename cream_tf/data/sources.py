@@ -50,7 +50,7 @@ class Source:
 def source(config: DataConfig, split: str, *, shuffle: bool, seed: int | None) -> Source:
     """The raw elements of `split` (shuffled by `seed` when `shuffle`) and how to decode one."""
     if config.name == "fashion_mnist":
-        images, labels = _fashion_mnist_split(config, split)
+        images, labels = fashion_mnist_split(config, split)
         examples = _shuffled(tf.data.Dataset.from_tensor_slices((images, labels)), len(labels), shuffle, seed)
         return Source(examples, lambda image, label: (image, label), small_images=True)
 
@@ -113,7 +113,7 @@ def example_count(config: DataConfig, split: str) -> int:
     """Images in `split`, from listings and record headers; a folder's images are decode-checked
     once per process (see _readable_images) so that only readable ones count."""
     if config.name == "fashion_mnist":
-        return len(_fashion_mnist_split(config, split, labels_only=True)[1])
+        return len(fashion_mnist_split(config, split, labels_only=True)[1])
     if config.name == "folder":
         return len(_folder_split(config, split)[0])
     if config.name == "tfrecord":
@@ -154,7 +154,7 @@ def _checked_label(label: tf.Tensor, config: DataConfig, where: str) -> tf.Tenso
 # Fashion-MNIST
 
 
-def _fashion_mnist_split(config: DataConfig, split: str, labels_only: bool = False):
+def fashion_mnist_split(config: DataConfig, split: str, labels_only: bool = False):
     directory = str(fashion_mnist_dir(config))
     part = "test" if split == "test" else "train"
     labels = _checked_labels(

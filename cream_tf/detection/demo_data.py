@@ -72,7 +72,7 @@ CLASS_NAMES = sources.FASHION_MNIST_CLASSES
 LABEL_OFFSET = 1  # COCO-style ids: 0 is background
 SPLITS = ("train", "val")
 _SPLIT_STREAMS = {"train": 0, "val": 1}  # part of every image's seed
-# The Fashion-MNIST split each demo split takes its items from (sources._fashion_mnist_split's names).
+# The Fashion-MNIST split each demo split takes its items from (sources.fashion_mnist_split's names).
 _ITEM_SPLITS = {"train": "train_full", "val": "test"}
 VAL_FIRST_ID = 1_000_000
 MAX_IMAGES_PER_SPLIT = VAL_FIRST_ID - 1  # keeps train ids below VAL_FIRST_ID, val ids below 2**22
@@ -147,7 +147,7 @@ def write_demo_set(
     written, shards = {}, {}
     with atomic.staged_folder(out_dir, overwrite=overwrite or _is_empty_folder(out_dir)) as staging:
         for split, count in splits.items():
-            items, labels = sources._fashion_mnist_split(data_config, _ITEM_SPLITS[split])
+            items, labels = sources.fashion_mnist_split(data_config, _ITEM_SPLITS[split])
             images = (_demo_image(split, index, items[..., 0], labels, settings) for index in range(count))
             written[split], shards[split] = _write_split(staging, split, count, images, images_per_shard)
             atomic.write_json(staging / f"instances_{split}.json", _coco_instances(written[split], image_size))
