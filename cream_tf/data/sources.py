@@ -155,6 +155,8 @@ def _checked_label(label: tf.Tensor, config: DataConfig, where: str) -> tf.Tenso
 
 
 def fashion_mnist_split(config: DataConfig, split: str, labels_only: bool = False):
+    """(images uint8 [N, 28, 28, 1] or None with `labels_only`, labels int32 [N]) of a split: test
+    is the test file; the others are the training file's part that config's held-out rule gives."""
     directory = str(fashion_mnist_dir(config))
     part = "test" if split == "test" else "train"
     labels = _checked_labels(
