@@ -1,6 +1,8 @@
 """The search in each space preset: the default search's setting (configs/search/fashion_mnist.yaml)
 with the candidate set of configs/spaces/<preset>.yaml over it, each run as a user runs it
-(`main.py --mode=search`, its own process, `train.deterministic=true`).
+(`main.py --mode=search`, its own process, `train.deterministic=true`). The presets' prior is
+uniform, the paper space's the official one; `paper_uniform` runs the paper's space with the
+uniform prior, to tell what the prior alone changes.
 
 Per run: wall time and the process's CPU seconds and peak memory; trace time (the log's "the first
 step took" line: building the train step's graph and its first step); the winner, its MFLOPs and
@@ -36,7 +38,15 @@ from pathlib import Path
 from _common import alternate, machine, table
 
 REPO = Path(__file__).resolve().parent.parent
-PRESETS = ("paper", "extended", "depth", "npu")
+# Run name -> (the space preset file over the default search config, or None; more overrides).
+RUNS = {
+    "paper": (None, ""),
+    "extended": ("extended", ""),
+    "depth": ("depth", ""),
+    "npu": ("npu", ""),
+    # The paper's space with the presets' uniform prior: what the prior alone changes.
+    "paper_uniform": (None, "cream.prior=[]"),
+}
 SMOKE = (
     "data.image_size=16,data.validation_size=256,data.batch_size=32,space.depths=[1,1,1,1,1],space.stem_channels=8,"
     "space.flops_max=100,cream.pick_method=top1,cream.board_size=2,cream.warmup_epochs=1,train.epochs=2,train.steps_per_epoch=3,"
@@ -56,9 +66,10 @@ def search(name: str, args) -> dict:
         return figures | {"traces": log.read_text().count(BUILDING)}
     tree = Path(args.tree) if name == "before" else REPO
     configs = [tree / "configs" / "search" / "fashion_mnist.yaml"]
-    if name not in ("paper", "before"):
-        configs.append(REPO / "configs" / "spaces" / f"{name}.yaml")
-    overrides = ",".join(o for o in ("train.deterministic=true", SMOKE if args.smoke else "") if o)
+    preset, more = RUNS.get(name, (None, ""))
+    if preset:
+        configs.append(REPO / "configs" / "spaces" / f"{preset}.yaml")
+    overrides = ",".join(o for o in ("train.deterministic=true", more, SMOKE if args.smoke else "") if o)
     command = [sys.executable, str(tree / "main.py"), "--mode=search", f"--model_dir={folder}"]
     command += ["--config_file=" + ",".join(map(str, configs)), f"--params_override={overrides}"]
     print(f"search {name}: {' '.join(command)}", file=sys.stderr, flush=True)
@@ -122,7 +133,7 @@ def int8_rows(runs: list[dict], args) -> list[tuple]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default=",".join(PRESETS), help=f"among {', '.join(PRESETS)}")
+    parser.add_argument("--runs", default="paper,extended,depth,npu", help=f"among {', '.join(RUNS)}")
     parser.add_argument("--before", help="a commit: the paper's space once more with its code (a git worktree)")
     parser.add_argument("--out", help="default runs/spaces; --smoke: a fresh temporary folder")
     parser.add_argument("--rounds", type=int, default=9)
@@ -130,8 +141,8 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="one tiny npu search, 2 rounds x 5 calls")
     args = parser.parse_args()
     names = args.runs.split(",")
-    if bad := [n for n in names if n not in PRESETS]:
-        parser.error(f"unknown --runs {bad}; valid are {', '.join(PRESETS)}")
+    if bad := [n for n in names if n not in RUNS]:
+        parser.error(f"unknown --runs {bad}; valid are {', '.join(RUNS)}")
     if args.smoke:
         names, args.before, args.rounds, args.repeats = ["npu"], None, 2, 5
         args.out = tempfile.mkdtemp(prefix="spaces_smoke_")
