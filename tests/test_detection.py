@@ -50,3 +50,28 @@ def test_bad_backbone_settings_are_refused(settings, message):
 def test_an_unknown_command_is_refused():
     done = subprocess.run([sys.executable, "-m", "cream_tf.detection", "fit"], capture_output=True, text=True)
     assert done.returncode != 0 and "got 'fit'; valid commands are data, train, export, tflite" in done.stderr
+
+
+def test_the_tasks_l2_decay_reaches_the_convolution_kernels_and_sync_bn_is_read():
+    """Model Garden hands the task's L2 regularizer to the backbone builder: one loss per
+    (non-depthwise) convolution kernel, summing to the regularizer over those kernels."""
+    import tensorflow as tf
+    import tf_keras
+    from official.vision.configs import common
+    from official.vision.modeling.backbones import factory
+
+    from cream_tf.detection.garden import cream_backbone
+
+    spec = tf_keras.layers.InputSpec(shape=[None, SIZE, SIZE, 3])
+    l2 = tf_keras.regularizers.l2(1e-4)
+    model = factory.build_backbone(spec, cream_backbone("cream_14"), common.NormActivation(), l2_regularizer=l2)
+    kernels = [layer.kernel for layer in model.layers if type(layer) is tf_keras.layers.Conv2D]
+    assert len(kernels) > 20 and len(model.losses) == len(kernels)
+    expected = sum(float(l2(kernel)) for kernel in kernels)
+    assert abs(float(tf.add_n(model.losses)) - expected) <= 1e-6 * expected
+    synced = factory.build_backbone(spec, cream_backbone("cream_14"), common.NormActivation(use_sync_bn=True))
+    norms = [layer for layer in synced.layers if isinstance(layer, tf_keras.layers.BatchNormalization)]
+    assert norms and all(layer.synchronized for layer in norms)
+    assert not any(
+        layer.synchronized for layer in model.layers if isinstance(layer, tf_keras.layers.BatchNormalization)
+    )
