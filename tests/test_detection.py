@@ -64,7 +64,8 @@ def test_the_tasks_l2_decay_reaches_the_convolution_kernels_and_sync_bn_is_read(
 
     spec = tf_keras.layers.InputSpec(shape=[None, SIZE, SIZE, 3])
     l2 = tf_keras.regularizers.l2(1e-4)
-    model = factory.build_backbone(spec, cream_backbone("cream_14"), common.NormActivation(), l2_regularizer=l2)
+    plain = common.NormActivation(use_sync_bn=False)
+    model = factory.build_backbone(spec, cream_backbone("cream_14"), plain, l2_regularizer=l2)
     kernels = [layer.kernel for layer in model.layers if type(layer) is tf_keras.layers.Conv2D]
     assert len(kernels) > 20 and len(model.losses) == len(kernels)
     expected = sum(float(l2(kernel)) for kernel in kernels)
