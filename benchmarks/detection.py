@@ -4,15 +4,16 @@ way (cream_tf.detection.garden's demo recipe: same input size, steps, schedule, 
 every backbone from fresh weights).
 
 Every step is a user's command (`python -m cream_tf.detection ...`, Model Garden's drivers):
-the demo set (made once), training with evaluation (`--mode=train_and_eval`), export of the
-SavedModel (with Model Garden's FLOPs count) and a float TFLite file. Reported per backbone: AP,
-AP50 and AP75 of the last evaluation (Model Garden's COCO evaluator, read from its TensorBoard
-summaries), training steps per second (the median of the driver's reports after the first),
-the multiply-adds of the detector's convolutions and of its backbone's (the TF profiler's float ops
-/ 2, at batch 1), and the TFLite file's batch-1
-latency in LiteRT with XNNPACK at one thread, the files timed in alternation (_common.alternate).
+the demo set (made once), training with evaluation (`--mode=train_and_eval`), the on-device export
+(with Model Garden's FLOPs count) and its float TFLite file. Reported per backbone: AP, AP50 and
+AP75 of the last evaluation (Model Garden's COCO evaluator, read from its TensorBoard summaries);
+training steps per second (the median of the driver's reports after the first; with
+--speed_steps, of a separate short training per backbone, one after another, for when the machine
+was shared while they trained); the multiply-adds of the detector's convolutions and of its
+backbone's (the TF profiler's float ops / 2, at batch 1); and the TFLite file's batch-1 latency in
+LiteRT with XNNPACK at one thread, the files timed in alternation (_common.alternate).
 
-    .venv/bin/python benchmarks/detection.py                  # three backbones, about 40 min on 2 cores
+    .venv/bin/python benchmarks/detection.py --speed_steps=100   # three backbones, about 40 min on 2 cores
     .venv/bin/python benchmarks/detection.py --backbones=cream --steps=200
     .venv/bin/python benchmarks/detection.py --smoke          # a tiny set, cream only, 2 steps
 
@@ -147,7 +148,15 @@ def measure(backbone: str, args) -> dict:
             f"--saved_model_dir={export_dir / 'saved_model'}",
             f"--tflite_path={tflite}",
         )
-    rates = [float(r) for r in STEPS_PER_SECOND.findall((folder / "train.log").read_text())]
+    if args.speed_steps and not (folder / "speed.log").is_file():
+        # Training speed alone on the machine (the backbones one after another), apart from the
+        # training above, which may have shared the cores with other jobs.
+        shutil.rmtree(folder / "speed", ignore_errors=True)
+        loop = f"trainer.train_steps={args.speed_steps},trainer.steps_per_loop={args.speed_steps // 2}"
+        speed = [f"--experiment={BACKBONES[backbone]}", f"--params_override={overrides(args)},{loop}"]
+        detection(folder / "speed.log", "train", *speed, "--mode=train", f"--model_dir={folder / 'speed'}")
+    log = folder / ("speed.log" if args.speed_steps else "train.log")
+    rates = [float(r) for r in STEPS_PER_SECOND.findall(log.read_text())]
     metrics = last_evaluation(model_dir / "validation")
     return {
         "backbone": backbone,
@@ -186,6 +195,9 @@ def main():
     parser.add_argument("--out", help="default runs/detection_benchmark; --smoke: a fresh temporary folder")
     parser.add_argument("--steps", type=int, default=0, help="training steps (0: the recipe's)")
     parser.add_argument("--size", type=int, default=128, help="the recipe's input size, for the exported files")
+    parser.add_argument(
+        "--speed_steps", type=int, default=0, help="time training alone over this many steps (the second half)"
+    )
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per TFLite file and round")
     parser.add_argument("--smoke", action="store_true", help="a tiny set, the cream backbone, 2 steps, 2 x 2 calls")
