@@ -125,16 +125,10 @@ def CreamNet(  # keras.applications names its builders in CamelCase
         None returns logits, as cream_tf's own models do.
       kit: whose layers (cream_tf.blocks.LayerKit): Keras 3's, or tf_keras' (cream_tf.twin.TF_KERAS).
     """
-    arch = resolve(model)
-    if weights is not None:
-        zoo.weights_file(weights, checkpoints=True)  # a bad path before any work
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r} is not valid; valid are None, 'avg' and 'max'.")
-    shape = _input_shape(arch, input_shape, include_top)
-    arch = arch.replace(in_channels=shape[2], num_classes=classes or arch.num_classes)
+    arch, inputs, x, _ = _trunk(resolve(model), weights, input_shape, include_top, kit, classes)
     L = kit.layers
-    inputs = L.Input(shape, name="image")
-    x, _ = apply_trunk(arch, inputs, kit)
     if include_top:
         head = head_layers(arch.num_classes, HEAD_CHANNELS, arch.dropout, kit, arch.ops.fixed_activation)
         x = apply_head(head, x, kit=kit)
@@ -142,10 +136,8 @@ def CreamNet(  # keras.applications names its builders in CamelCase
             x = L.Activation(classifier_activation, name="predictions")(x)
     elif pooling:
         x = (L.GlobalAveragePooling2D if pooling == "avg" else L.GlobalMaxPooling2D)(name=f"{pooling}_pool")(x)
-    network = kit.model(inputs, x, name=name or (model if isinstance(model, str) and model in zoo.names() else "cream"))
-    if weights is not None:
-        zoo.load_weights_from(network, weights, arch)
-    return network
+    default = model if isinstance(model, str) and model in zoo.names() else "cream"
+    return _network(kit, inputs, x, name or default, weights, arch)
 
 
 def features(
@@ -170,14 +162,25 @@ def features(
             f"{levels[0]}..{levels[-1]} (strides {available[str(levels[0])].stride}.."
             f"{available[str(levels[-1])].stride}); valid are min_level <= max_level inside those."
         )
-    shape = _input_shape(arch, input_shape, include_top=False)
+    arch, inputs, last, blocks = _trunk(arch, weights, input_shape, False, kit)
+    outputs = {str(level): blocks[available[str(level)].block] for level in range(low, high + 1)}
+    return _network(kit, inputs, {**outputs, "last": last}, name or "cream_features", weights, arch)
+
+
+def _trunk(arch: Arch, weights, input_shape, include_top: bool, kit: LayerKit, classes: int | None = None):
+    """Checks the weights path and input shape (before any work), then applies every block to a
+    new input: (the Arch built, the input, the last map, each block's output by name)."""
     if weights is not None:
         zoo.weights_file(weights, checkpoints=True)
-    arch = arch.replace(in_channels=shape[2])
+    shape = _input_shape(arch, input_shape, include_top)
+    arch = arch.replace(in_channels=shape[2], num_classes=classes or arch.num_classes)
     inputs = kit.layers.Input(shape, name="image")
-    last, blocks = apply_trunk(arch, inputs, kit)
-    outputs = {str(level): blocks[available[str(level)].block] for level in range(low, high + 1)}
-    network = kit.model(inputs, {**outputs, "last": last}, name=name or "cream_features")
+    return (arch, inputs, *apply_trunk(arch, inputs, kit))
+
+
+def _network(kit: LayerKit, inputs, outputs, name: str, weights, arch: Arch):
+    """The functional model, carrying `weights` (layer by name) when given."""
+    network = kit.model(inputs, outputs, name=name)
     if weights is not None:
         zoo.load_weights_from(network, weights, arch)
     return network
