@@ -12,6 +12,7 @@ mapped onto cream_tf.commands, and errors a user can act on printed as one line.
     cream-tf --mode=eval --model_dir=runs/retrain        # or --model=FILE.keras|.tflite|ENTRY_DIR
     cream-tf --mode=qat --model=runs/retrain/entry --output_dir=runs/qat/entry   # int8 by QAT
     cream-tf --mode=config --config_file=configs/retrain/fashion_mnist.yaml   # every key, type, default
+    cream-tf --mode=latency --zoo=cream_14 --int8        # predicted (latency table) and measured ms
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from absl import logging as absl_logging
 import cream_tf
 from cream_tf import RunError, commands
 
-MODES = ("search", "describe", "export", "convert", "retrain", "eval", "config", "qat")
+MODES = ("search", "describe", "export", "convert", "retrain", "eval", "config", "qat", "latency")
 DEFAULT_RETRAIN_DIR = "runs/retrain"
 DEFAULT_QAT_DIR = "runs/qat"
 
@@ -95,6 +96,18 @@ flags.DEFINE_string(
     "qat: the entry folder to fine-tune (one written with data).",
 )
 flags.DEFINE_string("split", "test", "eval: the split to measure (test, validation, train, train_full).")
+flags.DEFINE_string(
+    "latency_table",
+    None,
+    "latency: the table to predict from, missing blocks measured into it (default: this host's, in ~/.cache/cream_tf).",
+)
+flags.DEFINE_integer("threads", 1, "latency: LiteRT's thread count.")
+flags.DEFINE_bool("int8", False, "latency: the full-integer int8 file (as --mode=export writes it) instead of float32.")
+flags.DEFINE_bool(
+    "latency_refresh",
+    False,
+    "latency: measure a table afresh when it was measured with other threads or another LiteRT.",
+)
 flags.DEFINE_integer("eval_batches", 0, "eval: batches of data.batch_size to measure; 0 = the whole split.")
 FLAGS = flags.FLAGS
 
@@ -127,6 +140,9 @@ def run_mode(mode: str) -> str:
     arch = commands.arch_from(zoo_name=f.zoo, arch=f.arch, num_classes=f.num_classes, in_channels=f.in_channels)
     if mode == "describe":
         return commands.describe(arch, f.zoo)
+    if mode == "latency":
+        table = {"latency_table": f.latency_table, "refresh": f.latency_refresh}
+        return commands.latency(arch, threads=f.threads, int8=f.int8, **table)
     if mode == "export":
         return commands.export(arch, zoo_name=f.zoo, weights=f.weights, **output, **config)
     return commands.convert(arch, f.checkpoint, zoo_name=f.zoo, num_classes=f.num_classes, use_ema=f.use_ema, **output)

@@ -48,6 +48,34 @@ def describe(arch, zoo_name=None) -> str:
     return "\n".join(lines + ["", cost_of(arch).table()])
 
 
+def latency(arch, *, latency_table=None, threads=1, int8=False, refresh=False) -> str:
+    """The network's latency in LiteRT (XNNPACK) on this host, predicted from a latency table
+    (cream_tf.latency; the blocks it lacks are measured into it first) and measured whole."""
+    from cream_tf import latency as lat
+    from cream_tf.flops import flops_of
+
+    precision = "int8" if int8 else "float32"
+    table = lat.LatencyTable.open(latency_table or lat.default_table_path(threads), threads, refresh)
+    measured_now = lat.measure_missing(table, lat.pieces(arch), (precision,))
+    keys = lat.network_keys(arch)
+    predicted = lat.predict_ms(arch, table, precision)
+    whole = lat.measure_network(arch, precision, threads)
+    error = (predicted - whole["ms"]) / whole["ms"] * 100
+    return "\n".join(
+        [
+            f"architecture: {arch}",
+            f"runtime:      {lat.runtime()} (XNNPACK), {precision}, {threads} thread(s)",
+            f"MFLOPs:       {flops_of(arch) / 1e6:.2f}",
+            f"table:        {table.path} ({len(table.entries[precision])} {precision} entries, "
+            f"{measured_now} measured now; {table.device})",
+            f"predicted:    {predicted:.4f} ms (the sum of {len(keys)} table entries: each block's and the head's)",
+            f"measured:     {whole['ms']:.4f} ms (median of {whole['rounds']} rounds of {whole['calls']} calls; "
+            f"{whole['min_ms']:.4f}-{whole['max_ms']:.4f})",
+            f"error:        {error:+.1f}%",
+        ]
+    )
+
+
 def retrain_config(config_file=None, params_override: str = ""):
     from cream_tf import config as config_lib
 

@@ -23,6 +23,7 @@ STUDIES = [
     "convergence.py",
     "detection.py",
     "int8_latency.py",
+    "latency.py",
     "official_switches.py",
     "search_dynamics.py",
     "search_quality.py",
@@ -380,3 +381,12 @@ def test_trace_scaling_smoke_measures_one_replica_and_two_workers():
     # The meta update's graph has two backwards (KD and validation), the train step's one.
     for row, meta_row in zip(rows, meta_rows):
         assert positive(meta_row["meta graph ops"]) > positive(row["graph ops"])
+
+
+def test_latency_smoke_predicts_whole_networks_from_a_measured_table():
+    """A tiny space's table measured, a few of its networks timed whole against the table's sum."""
+    output = run_smoke("latency.py")
+    (row,) = table_with(output, "MAE %")
+    assert row["space"] == "fashion_mnist" and row["nets"] == "3", row
+    # The same blocks timed alone and as one file: on a shared CI machine, within a factor.
+    assert 0 <= float(row["MAE %"]) < 50 and -1 <= float(row["Spearman predicted"]) <= 1, row

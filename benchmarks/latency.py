@@ -1,0 +1,158 @@
+"""Does the latency table predict whole networks, and how well do FLOPs order them?
+
+For each space (the default search's, configs/search/fashion_mnist.yaml at 28x28, and the ImageNet
+search's, configs/search/imagenet.yaml at 224x224) it draws --nets paths as the search draws them
+(uniform prior, the space's FLOPs range, seed --seed), measures the space's latency table on this
+host (cream_tf.latency: every block shape alone, float32 and int8, LiteRT with XNNPACK at
+--threads), then converts and times each whole network the same way. Per space and precision:
+
+- the predictor (the sum of the table's entries): mean absolute error in %, the share within
+  +-10%, the largest error, its mean signed error (a bias an overhead term would remove);
+- Spearman's rank correlation with the measured latency, of the prediction and of the FLOPs;
+- the pairs each orders wrongly by more than 10% in time: the one ranked faster is measured more
+  than 10% slower.
+
+    .venv/bin/python benchmarks/latency.py                  # 2 spaces x 50 nets (about 30 min)
+    .venv/bin/python benchmarks/latency.py --spaces=fashion_mnist --nets=20
+    .venv/bin/python benchmarks/latency.py --report         # tables from what is under --out
+    .venv/bin/python benchmarks/latency.py --smoke          # a tiny space, 3 nets, float32
+
+Resumable: the tables and every network's measurement go to --out as they are made. Timing wants
+an idle machine: run nothing else. Prints Markdown tables and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+from _common import machine, table
+from search_quality import spearman_rho
+
+REPO = Path(__file__).resolve().parent.parent
+SPACES = {"fashion_mnist": "configs/search/fashion_mnist.yaml", "imagenet": "configs/search/imagenet.yaml"}
+SMOKE = "data.image_size=16,space.depths=[1,1,1,1,1],space.stem_channels=8,space.flops_max=100"
+SMOKE_CANDIDATES = ",space.candidates=[{kind: mbconv, kernel: 3, expansion: 4}, {kind: mbconv, kernel: 5}]"
+
+
+def space_of(name: str, smoke: bool):
+    from cream_tf import config as config_lib
+    from cream_tf.search.run import build_space
+
+    config = config_lib.load(
+        config_lib.SearchConfig, str(REPO / SPACES[name]), SMOKE + SMOKE_CANDIDATES if smoke else ""
+    )
+    return build_space(config), (config.space.flops_min, config.space.flops_max)
+
+
+def study(name: str, args) -> list[dict]:
+    """Measures (or reads) one space's table and networks; returns one record per network."""
+    from cream_tf import atomic, latency
+    from cream_tf.flops import flops_of
+    from cream_tf.search.sampler import PathSampler
+
+    space, flops_range = space_of(name, args.smoke)
+    folder = Path(args.out) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    tab = latency.LatencyTable.open(folder / f"table_t{args.threads}.json", args.threads)
+    latency.measure_missing(tab, latency.pieces_of_space(space), args.precisions)
+    records_file = folder / f"networks_t{args.threads}.json"
+    records = json.loads(records_file.read_text()) if records_file.is_file() else []
+    sampler = PathSampler(space, flops_range, seed=args.seed)
+    for index in range(args.nets):
+        arch = space.arch(sampler.sample()[0])
+        if index < len(records):
+            assert records[index]["arch"] == str(arch), f"{records_file} was drawn otherwise; move it away"
+            continue
+        record = {"arch": str(arch), "mflops": flops_of(arch) / 1e6}
+        for precision in args.precisions:
+            record[precision] = {
+                "predicted_ms": latency.predict_ms(arch, tab, precision),
+                "measured": latency.measure_network(arch, precision, args.threads),
+            }
+        records.append(record)
+        atomic.write_json(records_file, records)
+        figures = ", ".join(
+            f"{p} {record[p]['predicted_ms']:.3f} / {record[p]['measured']['ms']:.3f} ms" for p in args.precisions
+        )
+        print(
+            f"{name} {index + 1}/{args.nets}: {arch.path} {record['mflops']:.1f} MFLOPs; predicted / measured {figures}"
+        )
+    return records[: args.nets]
+
+
+def misordered(score, measured) -> int:
+    """Pairs where `score` ranks one network below the other, which is measured > 10% slower."""
+    return sum(
+        1
+        for i, j in itertools.combinations(range(len(score)), 2)
+        for lo, hi in ((i, j), (j, i))
+        if score[lo] < score[hi] and measured[lo] > 1.1 * measured[hi]
+    )
+
+
+def summary(name: str, records: list[dict], precision: str) -> tuple:
+    measured = np.array([r[precision]["measured"]["ms"] for r in records])
+    predicted = np.array([r[precision]["predicted_ms"] for r in records])
+    mflops = np.array([r["mflops"] for r in records])
+    error = (predicted - measured) / measured * 100
+    pairs = len(records) * (len(records) - 1) // 2
+    return (
+        name,
+        precision,
+        len(records),
+        f"{measured.min():.3f}-{measured.max():.3f}",
+        f"{np.abs(error).mean():.2f}",
+        f"{(np.abs(error) <= 10).mean() * 100:.0f}",
+        f"{np.abs(error).max():.1f}",
+        f"{error.mean():+.2f}",
+        f"{spearman_rho(predicted, measured):.3f}",
+        f"{spearman_rho(mflops, measured):.3f}",
+        f"{misordered(predicted, measured)} / {misordered(mflops, measured)} of {pairs}",
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--spaces", default=",".join(SPACES))
+    parser.add_argument("--nets", type=int, default=50)
+    parser.add_argument("--precisions", default="float32,int8")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--out", default=str(REPO / "runs" / "latency"))
+    parser.add_argument("--report", action="store_true", help="only the tables, from what is under --out")
+    parser.add_argument("--smoke", action="store_true", help="a tiny two-candidate space, 3 nets, float32")
+    args = parser.parse_args()
+    args.precisions = args.precisions.split(",")
+    names = args.spaces.split(",")
+    unknown = [n for n in names if n not in SPACES]
+    if unknown:
+        parser.error(f"unknown space(s) {unknown}; valid are {', '.join(SPACES)}")
+    if args.smoke:
+        args.out = tempfile.mkdtemp(prefix="latency-smoke-")
+        atexit.register(shutil.rmtree, args.out, ignore_errors=True)
+        names, args.nets, args.precisions = ["fashion_mnist"], 3, ["float32"]
+    rows = []
+    for name in names:
+        if args.report:
+            records = json.loads((Path(args.out) / name / f"networks_t{args.threads}.json").read_text())
+        else:
+            records = study(name, args)
+        rows += [summary(name, records, precision) for precision in args.precisions]
+    print(f"\nMachine: {machine(('tensorflow', 'ai-edge-litert'))}; {args.threads} thread(s)\n")
+    header = ["space", "precision", "nets", "measured ms", "MAE %", "within 10 %", "max error %", "bias %"]
+    header += ["Spearman predicted", "Spearman FLOPs", "pairs misordered >10%: predicted / FLOPs"]
+    print(table(header, rows))
+
+
+if __name__ == "__main__":
+    main()
