@@ -169,6 +169,11 @@ class SpaceConfig:
     candidates: tuple[Candidate, ...] = PAPER
     fixed_activation: str = "swish"  # the stem's, the separable block's, the last conv's and the head's
     fixed_se: float = 0.25  # the separable block's squeeze-excite (0 = none)
+    # [min, max] predicted LiteRT latency of sampled paths, ms (cream_tf.latency); [] = FLOPs alone.
+    latency_ms: tuple[float, ...] = ()
+    latency_table: str = ""  # its table file; "" = this host's, the space's blocks measured first
+    latency_precision: str = "float32"  # or int8: which TFLite file the bounds are for
+    latency_threads: int = 1
 
     def opset(self) -> OpSet:
         """The candidates and fixed-block settings as one value (checked: ValueError naming what is wrong)."""
@@ -263,6 +268,10 @@ class SearchConfig:
         ops = [op.token for op in self.space.opset().ops]
         valid = f"[] (uniform) or one probability per candidate ({len(ops)}: {', '.join(ops)})"
         require(self, "cream.prior", lambda v: len(v) in (0, len(ops)), valid)
+        valid = "[] (no latency bound) or [min, max] ms with 0 <= min <= max"
+        require(self, "space.latency_ms", lambda v: not v or (len(v) == 2 and 0 <= v[0] <= v[1]), valid)
+        require(self, "space.latency_precision", lambda v: v in ("float32", "int8"), "float32 or int8")
+        require(self, "space.latency_threads", lambda v: v >= 1, "an integer >= 1")
 
 
 @dataclasses.dataclass

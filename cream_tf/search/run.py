@@ -96,19 +96,28 @@ class SearchRun(TrainingRun):
                 "or a smaller slice."
             )
         self.space = build_space(config)
+        s = config.space
+        bounds = {}
+        if s.latency_ms:
+            from cream_tf import latency
+
+            predictor = latency.for_search(self.space, s.latency_table, s.latency_precision, s.latency_threads)
+            bounds = {"latency": predictor, "latency_range": s.latency_ms}
         self.sampler = PathSampler(
             self.space,
-            (config.space.flops_min, config.space.flops_max),
+            (s.flops_min, s.flops_max),
             config.cream.prior,
             seed=train.seed,
             max_tries=config.cream.max_sampling_tries,
+            **bounds,
         )
         with self.strategy.scope():
             self.supernet = Supernet(self.space)
             self.fit_model = SearchModel(self.supernet, config, config.data.batch_size)
             self.fit_model.compile(optimizer=None, jit_compile=train.jit_compile)
-        self.board = PrioritizedBoard(config.cream.board_size, config.cream.accuracy_gap)
-        # history: per step (macs, top-1, matching value m, teacher index; -1 without a teacher)
+        self.board = PrioritizedBoard(config.cream.board_size, config.cream.accuracy_gap, by_latency=bool(s.latency_ms))
+        # history: per step (macs, top-1, matching value m, teacher index (-1 without a teacher),
+        # predicted latency in ms (0 without a latency bound))
         self.step, self.history, self.meta_updates = 0, [], 0
 
     # --- what the training skeleton asks for ------------------------------------------------
@@ -128,17 +137,22 @@ class SearchRun(TrainingRun):
             "step": self.step,
             "meta_updates": self.meta_updates,
             "sampler": self.sampler.state(),
-            "board": [{"path": e.path, "accuracy": e.accuracy, "macs": e.macs} for e in self.board.entries],
+            "board": [
+                {"path": e.path, "accuracy": e.accuracy, "macs": e.macs, "latency_ms": e.latency_ms}
+                for e in self.board.entries
+            ],
             "history": self.history,
         }
 
     def set_host_state(self, state: dict) -> None:
-        self.step, self.history = state["step"], [tuple(h) for h in state["history"]]
+        # (a run saved before the history recorded latency has four figures per step)
+        self.step, self.history = state["step"], [(*h, 0.0)[:5] for h in state["history"]]
         self.meta_updates = state["meta_updates"]
         self.sampler.set_state(state["sampler"])
         images, probs = self.fit_model.board_images.numpy(), self.fit_model.board_probs.numpy()
         self.board.entries = [
-            Entry(tuple(e["path"]), e["accuracy"], e["macs"], images[i], probs[i]) for i, e in enumerate(state["board"])
+            Entry(tuple(e["path"]), e["accuracy"], e["macs"], images[i], probs[i], e.get("latency_ms"))
+            for i, e in enumerate(state["board"])
         ]
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
@@ -212,6 +226,7 @@ class _SampleAndAdmit(keras.callbacks.Callback):
         search, cream = self.search, self.search.config.cream
         warm = search.epoch < cream.warmup_epochs
         path, self.macs = search.sampler.sample()
+        self.latency_ms = search.sampler.latency_ms(path)
         self.distill = cream.pick_method != "none" and not warm and len(search.board) > 0
         batch += search.offset  # the step in the epoch, also when resumed mid-epoch
         meta = cream.pick_method == "meta" and self.distill and batch > 0 and batch % cream.meta_update_every == 0
@@ -239,11 +254,13 @@ class _SampleAndAdmit(keras.callbacks.Callback):
                 int(self.macs),
                 np.asarray(logs["images"]),
                 np.asarray(logs["probs"]),
+                self.latency_ms,
             )
         ):
             search.fit_model.load_board(search.board)
         teacher = int(logs["teacher"]) if self.distill else -1
-        search.history.append((int(self.macs), round(top1, 3), round(float(logs["matching"]), 5), teacher))
+        matching = round(float(logs["matching"]), 5)
+        search.history.append((int(self.macs), round(top1, 3), matching, teacher, round(self.latency_ms or 0.0, 5)))
         search.step += 1
         if search.step % 10 == 0:
             search.scalars(
@@ -256,6 +273,7 @@ class _SampleAndAdmit(keras.callbacks.Callback):
                     "train/top1": top1,
                     "train/lr": self.lr,
                     "train/mflops": self.macs / 1e6,
+                    **({} if self.latency_ms is None else {"train/latency_ms": self.latency_ms}),
                 },
             )
 
