@@ -180,9 +180,9 @@ def test_a_devices_timings_become_a_table(tmp_path):
     latency.main(["table", *flags, "--device=adb: Pixel 8", "--runtime=benchmark_model 2.16"])
     table = latency.LatencyTable.open(phone, 1)
     assert table.device == "adb: Pixel 8" and table.runtime == "benchmark_model 2.16"
-    assert {k: v["ms"] for k, v in table.entries["float32"].items()} == {
-        item["key"]: 0.1 * (n + 1) for n, item in enumerate(items)
-    }
+    assert {k: v["ms"] for k, v in table.entries["float32"].items()} == pytest.approx(
+        {item["key"]: 0.1 * (n + 1) for n, item in enumerate(items)}
+    )
     latency.PathLatency(SPACE, table, "float32")  # every piece of the space is there
     timings.write_text(f"{items[0]['file']} 12.5\n")
     with pytest.raises(ValueError, match=r"timings.txt line 1 .* is not 'FILE AVG_US STD_US RUNS'"):
