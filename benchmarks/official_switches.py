@@ -63,7 +63,7 @@ from search_quality import fixed_paths
 
 from cream_tf import atomic, data
 from cream_tf import config as config_lib
-from cream_tf.search.run import build_space
+from cream_tf.flops import build_space
 from cream_tf.supernet import Supernet
 
 # isort: on

@@ -42,9 +42,9 @@ from _common import machine
 from cream_tf import atomic, data
 from cream_tf import config as config_lib
 from cream_tf.arch import SearchSpace
-from cream_tf.flops import FlopsTable
+from cream_tf.flops import FlopsTable, build_space
 from cream_tf.retrain import RetrainRun
-from cream_tf.search.run import SearchRun, build_space
+from cream_tf.search.run import SearchRun
 from cream_tf.search.selection import PathEvaluator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

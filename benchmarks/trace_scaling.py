@@ -54,8 +54,8 @@ def measure(args) -> dict:
     import numpy as np
 
     from cream_tf import config as config_lib
+    from cream_tf.flops import build_space
     from cream_tf.search.board import Entry, PrioritizedBoard
-    from cream_tf.search.run import build_space
     from cream_tf.search.trainer import SearchModel
     from cream_tf.supernet import Supernet
 

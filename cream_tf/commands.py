@@ -69,8 +69,8 @@ def latency(arch, *, latency_table=None, threads=1, int8=False, refresh=False) -
             f"table:        {table.path} ({len(table.entries[precision])} {precision} entries, "
             f"{measured_now} measured now; {table.device})",
             f"predicted:    {predicted:.4f} ms (the sum of {len(keys)} table entries: each block's and the head's)",
-            f"measured:     {whole['ms']:.4f} ms (median of {whole['rounds']} rounds of {whole['calls']} calls; "
-            f"{whole['min_ms']:.4f}-{whole['max_ms']:.4f})",
+            f"measured:     {whole['ms']:.4f} ms (the fastest of {whole['rounds']} rounds of {whole['calls']} calls; "
+            f"median {whole['median_ms']:.4f}, slowest {whole['max_ms']:.4f})",
             f"error:        {error:+.1f}%",
         ]
     )

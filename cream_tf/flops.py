@@ -233,3 +233,21 @@ class FlopsTable:
 
 def _macs(spec: BlockSpec) -> int:
     return sum(layer.macs for layer in block_cost(spec))
+
+
+def build_space(config) -> SearchSpace:
+    """A search config's supernet space: its data's image size, channels and classes, its space
+    settings, and its depths (given, or derived from its FLOPs range as the official code does)."""
+    d, s = config.data, config.space
+    settings = dict(
+        input_size=d.image_size,
+        in_channels=d.channels,
+        num_classes=d.num_classes,
+        stem_channels=s.stem_channels,
+        stem_stride=s.stem_stride,
+        dropout=s.dropout,
+        drop_path=s.drop_path,
+        ops=s.opset(),
+    )
+    depths = tuple(s.depths) or depths_for_flops_range(s.flops_min, s.flops_max, **settings)
+    return SearchSpace.create(depths, **settings)

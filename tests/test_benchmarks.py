@@ -24,6 +24,7 @@ STUDIES = [
     "detection.py",
     "int8_latency.py",
     "latency.py",
+    "latency_search.py",
     "official_switches.py",
     "search_dynamics.py",
     "search_quality.py",
@@ -390,3 +391,15 @@ def test_latency_smoke_predicts_whole_networks_from_a_measured_table():
     assert row["space"] == "fashion_mnist" and row["nets"] == "3", row
     # The same blocks timed alone and as one file: on a shared CI machine, within a factor.
     assert 0 <= float(row["MAE %"]) < 50 and -1 <= float(row["Spearman predicted"]) <= 1, row
+
+
+def test_latency_search_smoke_bounds_a_search_by_the_flops_winners_measured_latency():
+    """Two tiny searches through main.py: one bounded in FLOPs, one in milliseconds at the first
+    one's measured latency, whose winner is predicted inside that bound."""
+    output = run_smoke("latency_search.py")
+    flops, fast = table_with(output, "predicted ms")
+    assert flops["search bounded by"].startswith("FLOPs") and fast["search bounded by"].startswith("latency"), output
+    bound = float(fast["search bounded by"].split("<=")[1].split()[0])
+    assert positive(fast["predicted ms"]) <= bound and positive(fast["measured ms"]) > 0, fast
+    for row in (flops, fast):
+        assert 0 <= float(row["held-out top-1 %"]) <= 100, row

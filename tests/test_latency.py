@@ -40,7 +40,7 @@ def test_table_is_written_read_back_and_only_missing_blocks_are_measured(table_f
     entries = data["entries"]["float32"]
     assert len(entries) == PIECES and data["entries"]["int8"] == {}, sorted(entries)
     for key, stats in entries.items():
-        assert 0 < stats["min_ms"] <= stats["ms"] <= stats["max_ms"] < 50 and stats["rounds"] == 3, (key, stats)
+        assert 0 < stats["ms"] <= stats["median_ms"] <= stats["max_ms"] < 50 and stats["rounds"] == 3, (key, stats)
     table = latency.LatencyTable.open(table_file, threads=1)
     assert table.entries["float32"] == entries
     assert latency.measure_missing(table, latency.pieces_of_space(SPACE), ["float32"]) == 0
@@ -187,3 +187,30 @@ def test_a_devices_timings_become_a_table(tmp_path):
     timings.write_text(f"{items[0]['file']} 12.5\n")
     with pytest.raises(ValueError, match=r"timings.txt line 1 .* is not 'FILE AVG_US STD_US RUNS'"):
         latency.main(["table", *flags, "--device=adb: Pixel 8", "--runtime=benchmark_model 2.16"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("space.latency_ms=[2, 1]", r"space.latency_ms=\(2.0, 1.0\) is not valid; valid: \[\] \(no latency bound\)"),
+        ("space.latency_ms=[1]", r"space.latency_ms=\(1.0,\) is not valid"),
+        ("space.latency_precision=fp16", "space.latency_precision='fp16' is not valid; valid: float32 or int8"),
+        ("space.latency_threads=0", "space.latency_threads=0 is not valid; valid: an integer >= 1"),
+    ],
+)
+def test_bad_latency_settings_are_refused_naming_the_value(tmp_path, override, message):
+    from cream_tf import config as config_lib
+
+    (tmp_path / "tiny.yaml").write_text(TINY_SEARCH)
+    with pytest.raises(ValueError, match=message):
+        config_lib.load(config_lib.SearchConfig, str(tmp_path / "tiny.yaml"), override).validate()
+
+
+def test_a_latency_bound_no_path_meets_is_refused_with_the_reachable_range(table_file):
+    from cream_tf.search.sampler import PathSampler
+
+    predictor = latency.PathLatency(SPACE, latency.LatencyTable.open(table_file, 1), "float32")
+    fastest, slowest = predictor.range()
+    assert fastest < slowest
+    with pytest.raises(ValueError, match=rf"latency range \[0, {fastest / 2:g}\] ms: its paths are predicted at"):
+        PathSampler(SPACE, (0, 1e6), latency=predictor, latency_range=(0, fastest / 2))

@@ -22,8 +22,8 @@ from cream_tf.candidates import PRESETS, Candidate, OpSet
 from cream_tf.childnet import build_child
 from cream_tf.config import SearchConfig
 from cream_tf.convert import load_state_dict
-from cream_tf.flops import FlopsTable, cost_of
-from cream_tf.search.run import SearchRun, build_space
+from cream_tf.flops import FlopsTable, build_space, cost_of
+from cream_tf.search.run import SearchRun
 from cream_tf.search.sampler import PathSampler
 from cream_tf.supernet import Supernet
 from cream_tf.twin import twin_of

@@ -46,7 +46,7 @@ LAYERS = [
     ],
     ["cream_tf.detection.garden"],
     ["cream_tf.export", "cream_tf.search.board", "cream_tf.search.sampler", "cream_tf.search"],
-    ["cream_tf.qat"],
+    ["cream_tf.qat", "cream_tf.latency"],
     ["cream_tf.search.trainer", "cream_tf.search.selection", "cream_tf.retrain"],
     ["cream_tf.search.run"],
     ["cream_tf.commands"],

@@ -25,32 +25,15 @@ import tensorflow as tf
 from absl import logging
 
 from cream_tf import atomic, folders
-from cream_tf.arch import SearchSpace
 from cream_tf.callbacks import Progress
 from cream_tf.config import SearchConfig
-from cream_tf.flops import depths_for_flops_range
+from cream_tf.flops import build_space
 from cream_tf.optim import linear_decay
 from cream_tf.search.board import Entry, PrioritizedBoard
 from cream_tf.search.sampler import PathSampler
 from cream_tf.search.trainer import SearchModel
 from cream_tf.supernet import Supernet
 from cream_tf.training import TrainingRun
-
-
-def build_space(config: SearchConfig) -> SearchSpace:
-    d, s = config.data, config.space
-    settings = dict(
-        input_size=d.image_size,
-        in_channels=d.channels,
-        num_classes=d.num_classes,
-        stem_channels=s.stem_channels,
-        stem_stride=s.stem_stride,
-        dropout=s.dropout,
-        drop_path=s.drop_path,
-        ops=s.opset(),
-    )
-    depths = tuple(s.depths) or depths_for_flops_range(s.flops_min, s.flops_max, **settings)
-    return SearchSpace.create(depths, **settings)
 
 
 class SearchRun(TrainingRun):

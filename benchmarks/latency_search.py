@@ -1,0 +1,99 @@
+"""A search bounded in milliseconds against the default search bounded in FLOPs, at the same
+measured latency.
+
+1. The default search (configs/search/fashion_mnist.yaml: paths of 0-12 MFLOPs), run as a user
+   runs it (`main.py --mode=search`, `train.deterministic=true`); its winner's whole network is
+   timed in LiteRT (float32, XNNPACK, --threads) as cream_tf.latency times networks.
+2. The same search bounded by predicted latency instead: `space.latency_ms=[0, L]` with L that
+   winner's measured latency, the FLOPs bound lifted (the supernet's depths kept), the same seed
+   and prior; the table is this host's, measured first.
+3. Both winners side by side: MFLOPs, predicted and measured latency, held-out and test top-1.
+
+    .venv/bin/python benchmarks/latency_search.py           # two default searches (about 20 min)
+    .venv/bin/python benchmarks/latency_search.py --smoke   # two tiny searches
+
+Resumable: a search whose search_result.json exists under --out is read, not run again. Prints
+Markdown tables and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import machine, table
+
+REPO = Path(__file__).resolve().parent.parent
+DEPTHS = "space.depths=[1,1,3,1,1]"  # what the default's flops_max=12 derives (flops.depths_for_flops_range)
+SMOKE = (
+    "data.image_size=16,data.validation_size=256,data.batch_size=32,space.depths=[1,1,1,1,1],space.stem_channels=8,"
+    "space.flops_max=100,cream.pick_method=top1,cream.board_size=2,cream.warmup_epochs=1,train.epochs=2,"
+    "train.steps_per_epoch=3,selection.recalibrate_batches=2,selection.eval_batches=2,selection.export_paths=winner"
+)
+
+
+def search(folder: Path, overrides: str) -> dict:
+    """Runs (or reads) one search; returns its search_result.json."""
+    result_file = folder / "search_result.json"
+    if not result_file.is_file():
+        command = [sys.executable, str(REPO / "main.py"), "--mode=search", f"--model_dir={folder}"]
+        command.append(f"--params_override=train.deterministic=true,{overrides}")
+        print(" ".join(command), file=sys.stderr, flush=True)
+        start = time.monotonic()
+        with open(f"{folder}.log", "w") as log:
+            if subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode:
+                raise SystemExit(f"the search in {folder} failed; its log: {folder}.log")
+        (folder / "wall_s.txt").write_text(f"{time.monotonic() - start:.0f}")
+    return json.loads(result_file.read_text())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(REPO / "runs" / "latency_search"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="two tiny searches")
+    args = parser.parse_args()
+    base = ""
+    if args.smoke:
+        args.out = tempfile.mkdtemp(prefix="latency-search-smoke-")
+        atexit.register(shutil.rmtree, args.out, ignore_errors=True)
+        base = SMOKE
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from cream_tf import latency
+    from cream_tf.arch import Arch
+
+    flops_result = search(out / "flops", base)
+    flops, limit = flops_result["winner"], flops_result["space"]["flops_range_mflops"][1]
+    timed = latency.measure_network(Arch.parse(flops["arch"]), "float32", args.threads)
+    bound = round(timed["ms"], 4)
+    depths = "space.depths=[1,1,1,1,1]" if args.smoke else DEPTHS
+    bounded = f"space.latency_ms=[0,{bound}],space.latency_table={out / 'table.json'}"
+    bounded += f",space.latency_threads={args.threads}"
+    fast = search(out / "latency", ",".join(o for o in (base, depths, "space.flops_max=100000", bounded) if o))[
+        "winner"
+    ]
+    ms = latency.LatencyTable.open(out / "table.json", args.threads)
+    rows = []
+    for name, winner, measured in ((f"FLOPs <= {limit:g} M", flops, bound), (f"latency <= {bound} ms", fast, None)):
+        arch = Arch.parse(winner["arch"])
+        predicted = latency.predict_ms(arch, ms, "float32")
+        measured = measured or winner["measured_latency_ms"]
+        figures = (f"{predicted:.4f}", f"{measured:.4f}", f"{winner['val_top1']:.2f}", f"{winner['test_top1']:.2f}")
+        rows.append((name, arch.path, f"{winner['mflops']:.2f}", *figures))
+    print(f"\nMachine: {machine(('tensorflow', 'ai-edge-litert'))}; LiteRT float32, {args.threads} thread(s)\n")
+    header = ["search bounded by", "winner", "MFLOPs", "predicted ms", "measured ms", "held-out top-1 %"]
+    print(table(header + ["test top-1 %"], rows))
+
+
+if __name__ == "__main__":
+    main()
