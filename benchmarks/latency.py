@@ -82,7 +82,8 @@ def study(name: str, args) -> list[dict]:
         assert records[index]["arch"] == str(arch), f"{records_file} was drawn otherwise; move it away"
     timing = {"rounds": args.rounds}
     for number in range(1, args.passes + 1):
-        latency.measure_missing(tab, latency.pieces_of_space(space), args.precisions, passes=number, **timing)
+        pieces = latency.pieces_of_space(space)
+        latency.measure_missing(tab, pieces, args.precisions, passes=number, keep=folder / "files", **timing)
         for index, (arch, record) in enumerate(zip(archs, records)):
             for precision in args.precisions:
                 before = record.get(precision)

@@ -220,12 +220,19 @@ def predict_ms(arch: Arch, table: LatencyTable, precision: str) -> float:
 
 
 def measure_missing(
-    table: LatencyTable, wanted: dict[str, BlockSpec | Head], precisions: Iterable[str], passes: int = 1, **timing
+    table: LatencyTable,
+    wanted: dict[str, BlockSpec | Head],
+    precisions: Iterable[str],
+    passes: int = 1,
+    keep: Path | None = None,
+    **timing,
 ) -> int:
     """Measures the `wanted` pieces the table lacks, saving after each (a stopped run resumes
     where it stopped); returns how many timings it made. `passes` > 1 times every piece again in
     later passes over all of them, keeping its fastest figure: a machine whose speed drifts over
-    minutes gets several chances to be timed at its own pace. `timing`: `time_tflite`'s settings."""
+    minutes gets several chances to be timed at its own pace. `keep`: a folder where the converted
+    pieces stay, so that later passes time the same files without converting again. `timing`:
+    `time_tflite`'s settings."""
     if not table.device.startswith(HOST):
         raise LatencyTableError(
             f"The latency table {table.path} was measured on {table.device}; this host cannot add entries to "
@@ -236,7 +243,7 @@ def measure_missing(
         entries = {p: table.entries[p] for p in map(_checked, precisions)}
         todo = [(p, key) for p in entries for key in wanted if entries[p].get(key, {}).get("passes", 0) < number]
         for count, (precision, key) in enumerate(todo, start=1):
-            stats = time_tflite(tflite_bytes(piece_model(wanted[key]), precision), table.threads, **timing)
+            stats = time_tflite(_converted(wanted[key], precision, keep), table.threads, **timing)
             before = entries[precision].get(key)
             if before and before["ms"] < stats["ms"]:
                 stats = before
@@ -255,6 +262,18 @@ def measure_missing(
                 time.perf_counter() - start,
             )
     return done
+
+
+def _converted(piece: BlockSpec | Head, precision: str, keep: Path | None) -> bytes:
+    key = piece.key if isinstance(piece, Head) else block_key(piece)
+    file = keep and Path(keep) / f"{precision}_{''.join(c if c.isalnum() else '_' for c in key)}.tflite"
+    if file and file.is_file():
+        return file.read_bytes()
+    content = tflite_bytes(piece_model(piece), precision)
+    if file:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(file, content)
+    return content
 
 
 def piece_model(piece: BlockSpec | Head):
@@ -357,7 +376,7 @@ class _Timer:
         return reply
 
 
-def _settle(window: float = 0.1, busy: float = 0.05, limit: float = 5.0) -> None:
+def _settle(window: float = 0.1, busy: float = 0.05, limit: float = 1.0) -> None:
     """Waits, at most `limit` seconds, until this process's threads use under `busy` of a core over
     `window`: after a conversion TensorFlow's threads go on working for a second or so, and the
     timed calls, though in another process, ran up to 60% slower beside them."""

@@ -29,7 +29,10 @@ PIECES = 10  # stem, ds, each stage's first block, stage 3's later block, cn, he
 def table_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("latency") / "table.json"
     table = latency.LatencyTable.open(path, threads=1)
-    assert latency.measure_missing(table, latency.pieces_of_space(SPACE), ["float32"], rounds=3) == PIECES
+    # Two passes over every piece, the second timing the files the first converted and kept.
+    keep = path.parent / "pieces"
+    assert latency.measure_missing(table, latency.pieces_of_space(SPACE), ["float32"], 2, keep, rounds=3) == 2 * PIECES
+    assert len(list(keep.glob("float32_*.tflite"))) == PIECES
     return path
 
 
@@ -41,6 +44,7 @@ def test_table_is_written_read_back_and_only_missing_blocks_are_measured(table_f
     assert len(entries) == PIECES and data["entries"]["int8"] == {}, sorted(entries)
     for key, stats in entries.items():
         assert 0 < stats["ms"] <= stats["median_ms"] <= stats["max_ms"] < 50 and stats["rounds"] == 3, (key, stats)
+        assert stats["passes"] == 2, (key, stats)
     table = latency.LatencyTable.open(table_file, threads=1)
     assert table.entries["float32"] == entries
     assert latency.measure_missing(table, latency.pieces_of_space(SPACE), ["float32"]) == 0

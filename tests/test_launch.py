@@ -71,7 +71,9 @@ def test_the_installed_command_is_the_command_line():
     """setup.py's console script `cream-tf` (installed beside this Python by scripts/setup.sh)."""
     script = Path(sys.executable).parent / "cream-tf"
     shown = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
-    assert "--mode: <search|describe|export|convert|retrain|eval|config|qat>" in shown.stdout, shown.stdout[:2000]
+    assert "--mode: <search|describe|export|convert|retrain|eval|config|qat|latency>" in shown.stdout, shown.stdout[
+        :2000
+    ]
     bad = subprocess.run([str(script), "--mode=describe"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1, bad.stderr
     assert bad.stderr.splitlines()[-1].startswith("Error: Give exactly one of --zoo"), bad.stderr
