@@ -8,6 +8,8 @@ host (cream_tf.latency: every block shape alone, float32 and int8, LiteRT with X
 
 - the predictor (the sum of the table's entries): mean absolute error in %, the share within
   +-10%, the largest error, its mean signed error (a bias an overhead term would remove);
+- the same two figures for the sum times one scale per space and precision, each network's
+  scale fitted on the other networks (leave-one-out): what calibrating the sum would give;
 - Spearman's rank correlation with the measured latency, of the prediction and of the FLOPs;
 - the pairs each orders wrongly by more than 10% in time: the one ranked faster is measured more
   than 10% slower.
@@ -15,6 +17,7 @@ host (cream_tf.latency: every block shape alone, float32 and int8, LiteRT with X
     .venv/bin/python benchmarks/latency.py                  # 2 spaces x 50 nets (about 30 min)
     .venv/bin/python benchmarks/latency.py --spaces=fashion_mnist --nets=20
     .venv/bin/python benchmarks/latency.py --report         # tables from what is under --out
+    .venv/bin/python benchmarks/latency.py --convert_only   # only the files, to time them later
     .venv/bin/python benchmarks/latency.py --smoke          # a tiny space, 3 nets, float32
 
 Every file is timed as cream_tf.latency times it (the fastest of 15 rounds spread over 1.5 s), in
@@ -80,19 +83,32 @@ def study(name: str, args) -> list[dict]:
         if index == len(records):
             records.append({"arch": str(arch), "mflops": flops_of(arch) / 1e6})
         assert records[index]["arch"] == str(arch), f"{records_file} was drawn otherwise; move it away"
+
+    def network_file(index: int, precision: str) -> bytes:
+        file = folder / "files" / f"{index:03d}_{precision}.tflite"
+        if not file.is_file():
+            atomic.write_bytes(file, latency.tflite_bytes(build_child(archs[index]), precision))
+        return file.read_bytes()
+
+    pieces = latency.pieces_of_space(space)
+    if args.convert_only:  # every file made now, to be timed by a later run
+        atomic.write_json(records_file, records)
+        for precision in args.precisions:
+            for piece in pieces.values():
+                latency.converted(piece, precision, folder / "files")
+            for index in range(args.nets):
+                network_file(index, precision)
+            print(f"{name}: {len(pieces)} pieces and {args.nets} networks converted ({precision})", flush=True)
+        return []
     timing = {"rounds": args.rounds}
     for number in range(1, args.passes + 1):
-        pieces = latency.pieces_of_space(space)
         latency.measure_missing(tab, pieces, args.precisions, passes=number, keep=folder / "files", **timing)
         for index, (arch, record) in enumerate(zip(archs, records)):
             for precision in args.precisions:
                 before = record.get(precision)
                 if before and before["passes"] >= number:
                     continue
-                file = folder / "files" / f"{index:03d}_{precision}.tflite"
-                if not file.is_file():
-                    atomic.write_bytes(file, latency.tflite_bytes(build_child(arch), precision))
-                stats = latency.time_tflite(file.read_bytes(), args.threads, **timing)
+                stats = latency.time_tflite(network_file(index, precision), args.threads, **timing)
                 if before and before["ms"] < stats["ms"]:
                     stats = before
                 record[precision] = {**stats, "passes": number}
@@ -116,11 +132,20 @@ def misordered(score, measured) -> int:
     )
 
 
+def scaled_out_of_sample(predicted, measured):
+    """Each prediction times the scale that best fits the other networks (least squares through
+    0, leave-one-out): what a predictor with one factor per table, calibrated on networks other
+    than the one it predicts, would give."""
+    products, squares = predicted * measured, predicted**2
+    return predicted * (products.sum() - products) / (squares.sum() - squares)
+
+
 def summary(name: str, records: list[dict], precision: str) -> tuple:
     measured = np.array([r[precision]["ms"] for r in records])
     predicted = np.array([r[precision]["predicted_ms"] for r in records])
     mflops = np.array([r["mflops"] for r in records])
     error = (predicted - measured) / measured * 100
+    scaled = (scaled_out_of_sample(predicted, measured) - measured) / measured * 100
     pairs = len(records) * (len(records) - 1) // 2
     return (
         name,
@@ -131,6 +156,7 @@ def summary(name: str, records: list[dict], precision: str) -> tuple:
         f"{(np.abs(error) <= 10).mean() * 100:.0f}",
         f"{np.abs(error).max():.1f}",
         f"{error.mean():+.2f}",
+        f"{np.abs(scaled).mean():.2f} / {(np.abs(scaled) <= 10).mean() * 100:.0f}",
         f"{spearman_rho(predicted, measured):.3f}",
         f"{spearman_rho(mflops, measured):.3f}",
         f"{misordered(predicted, measured)} / {misordered(mflops, measured)} of {pairs}",
@@ -148,6 +174,9 @@ def main():
     parser.add_argument("--passes", type=int, default=2, help="passes over every file, each keeping its fastest figure")
     parser.add_argument("--out", default=str(REPO / "runs" / "latency"))
     parser.add_argument("--report", action="store_true", help="only the tables, from what is under --out")
+    parser.add_argument(
+        "--convert_only", action="store_true", help="only convert every file under --out (a later run times them)"
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny two-candidate space, 3 nets, float32")
     args = parser.parse_args()
     from absl import logging
@@ -164,12 +193,17 @@ def main():
         args.out = tempfile.mkdtemp(prefix="latency-smoke-")
         atexit.register(shutil.rmtree, args.out, ignore_errors=True)
         names, args.nets, args.precisions, args.rounds, args.passes = ["fashion_mnist"], 3, ["float32"], 3, 1
+    if args.convert_only:
+        for name in names:
+            study(name, args)
+        return
     rows = []
     for name in names:
         records = study(name, args)
         rows += [summary(name, records, precision) for precision in args.precisions]
     print(f"\nMachine: {machine(('tensorflow', 'ai-edge-litert'))}; {args.threads} thread(s)\n")
     header = ["space", "precision", "nets", "measured ms", "MAE %", "within 10 %", "max error %", "bias %"]
+    header += ["scaled: MAE % / within 10 %"]
     header += ["Spearman predicted", "Spearman FLOPs", "pairs misordered >10%: predicted / FLOPs"]
     print(table(header, rows))
 

@@ -3,17 +3,21 @@ measured latency.
 
 1. The default search (configs/search/fashion_mnist.yaml: paths of 0-12 MFLOPs), run as a user
    runs it (`main.py --mode=search`, `train.deterministic=true`); its winner's whole network is
-   timed in LiteRT (float32, XNNPACK, --threads) as cream_tf.latency times networks.
+   timed in LiteRT (float32, XNNPACK, --threads) as cream_tf.latency times networks, the fastest
+   of --times timings.
 2. The same search bounded by predicted latency instead: `space.latency_ms=[0, L]` with L that
    winner's measured latency, the FLOPs bound lifted (the supernet's depths kept), the same seed
-   and prior; the table is this host's, measured first.
-3. Both winners side by side: MFLOPs, predicted and measured latency, held-out and test top-1.
+   and prior; the table is --table, or this host's measured first under --out.
+3. Both winners side by side: MFLOPs, predicted and measured latency (timed alike), held-out and
+   test top-1.
 
     .venv/bin/python benchmarks/latency_search.py           # two default searches (about 20 min)
+    .venv/bin/python benchmarks/latency_search.py --table=benchmarks/data/latency/fashion_mnist/table_t1.json
     .venv/bin/python benchmarks/latency_search.py --smoke   # two tiny searches
 
-Resumable: a search whose search_result.json exists under --out is read, not run again. Prints
-Markdown tables and the machine it ran on.
+Resumable: a search whose search_result.json exists under --out is read, not run again, and the
+bound is read back (bound_ms.txt); both winners are timed again at the end, so a run resumed on a
+quiet machine re-times them there. Prints Markdown tables and the machine it ran on.
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ from _common import machine, table
 
 REPO = Path(__file__).resolve().parent.parent
 DEPTHS = "space.depths=[1,1,3,1,1]"  # what the default's flops_max=12 derives (flops.depths_for_flops_range)
+# The smoke's searches skip the teacher (pick_method none traces no distillation step) and the
+# export: the script times each winner itself.
 SMOKE = (
     "data.image_size=16,data.validation_size=256,data.batch_size=32,space.depths=[1,1,1,1,1],space.stem_channels=8,"
-    "space.flops_max=100,cream.pick_method=top1,cream.board_size=2,cream.warmup_epochs=1,train.epochs=2,"
-    "train.steps_per_epoch=3,selection.recalibrate_batches=2,selection.eval_batches=2,selection.export_paths=winner"
+    "space.flops_max=100,cream.pick_method=none,cream.board_size=2,cream.warmup_epochs=1,train.epochs=2,"
+    "train.steps_per_epoch=3,selection.recalibrate_batches=2,selection.eval_batches=2,selection.export=false"
 )
 
 
@@ -55,17 +61,29 @@ def search(folder: Path, overrides: str) -> dict:
     return json.loads(result_file.read_text())
 
 
+def measured_ms(arch, threads: int, times: int) -> float:
+    """The whole network's float32 latency as cream_tf.latency times networks: converted once, the
+    fastest of `times` timings (each the fastest of its rounds), as the table's entries are kept."""
+    from cream_tf import latency
+    from cream_tf.childnet import build_child
+
+    content = latency.tflite_bytes(build_child(arch), "float32")
+    return min(latency.time_tflite(content, threads)["ms"] for _ in range(times))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(REPO / "runs" / "latency_search"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table", default="", help="the latency table to read (default: one measured under --out)")
+    parser.add_argument("--times", type=int, default=3, help="timings per winner, the fastest kept")
     parser.add_argument("--smoke", action="store_true", help="two tiny searches")
     args = parser.parse_args()
     base = ""
     if args.smoke:
         args.out = tempfile.mkdtemp(prefix="latency-search-smoke-")
         atexit.register(shutil.rmtree, args.out, ignore_errors=True)
-        base = SMOKE
+        base, args.times = SMOKE, 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -74,8 +92,11 @@ def main():
 
     flops_result = search(out / "flops", base)
     flops, limit = flops_result["winner"], flops_result["space"]["flops_range_mflops"][1]
-    timed = latency.measure_network(Arch.parse(flops["arch"]), "float32", args.threads)
-    bound = round(timed["ms"], 4)
+    bound_file = out / "bound_ms.txt"  # kept: a resumed run reads the bound its latency search ran with
+    if not bound_file.is_file():
+        bound_file.write_text(f"{measured_ms(Arch.parse(flops['arch']), args.threads, args.times):.4f}")
+    bound = float(bound_file.read_text())
+    table_file = Path(args.table) if args.table else out / "table.json"
     depths = "space.depths=[1,1,1,1,1]" if args.smoke else DEPTHS
     if args.smoke:  # the tiny space's table timed briefly here, so that the search finds it whole
         from cream_tf import config as config_lib
@@ -84,19 +105,19 @@ def main():
         space = build_space(
             config_lib.load(config_lib.SearchConfig, str(REPO / "configs/search/fashion_mnist.yaml"), base)
         )
-        tab = latency.LatencyTable.open(out / "table.json", args.threads)
+        tab = latency.LatencyTable.open(table_file, args.threads)
         latency.measure_missing(tab, latency.pieces_of_space(space), ["float32"], rounds=3, gap_seconds=0.01)
-    bounded = f"space.latency_ms=[0,{bound}],space.latency_table={out / 'table.json'}"
+    bounded = f"space.latency_ms=[0,{bound}],space.latency_table={table_file}"
     bounded += f",space.latency_threads={args.threads}"
     fast = search(out / "latency", ",".join(o for o in (base, depths, "space.flops_max=100000", bounded) if o))[
         "winner"
     ]
-    ms = latency.LatencyTable.open(out / "table.json", args.threads)
+    ms = latency.LatencyTable.open(table_file, args.threads)
     rows = []
-    for name, winner, measured in ((f"FLOPs <= {limit:g} M", flops, bound), (f"latency <= {bound} ms", fast, None)):
+    for name, winner in ((f"FLOPs <= {limit:g} M", flops), (f"latency <= {bound} ms", fast)):
         arch = Arch.parse(winner["arch"])
         predicted = latency.predict_ms(arch, ms, "float32")
-        measured = measured or winner["measured_latency_ms"]
+        measured = measured_ms(arch, args.threads, args.times)
         figures = (f"{predicted:.4f}", f"{measured:.4f}", f"{winner['val_top1']:.2f}", f"{winner['test_top1']:.2f}")
         rows.append((name, arch.path, f"{winner['mflops']:.2f}", *figures))
     print(f"\nMachine: {machine(('tensorflow', 'ai-edge-litert'))}; LiteRT float32, {args.threads} thread(s)\n")

@@ -243,7 +243,7 @@ def measure_missing(
         entries = {p: table.entries[p] for p in map(_checked, precisions)}
         todo = [(p, key) for p in entries for key in wanted if entries[p].get(key, {}).get("passes", 0) < number]
         for count, (precision, key) in enumerate(todo, start=1):
-            stats = time_tflite(_converted(wanted[key], precision, keep), table.threads, **timing)
+            stats = time_tflite(converted(wanted[key], precision, keep), table.threads, **timing)
             before = entries[precision].get(key)
             if before and before["ms"] < stats["ms"]:
                 stats = before
@@ -264,7 +264,8 @@ def measure_missing(
     return done
 
 
-def _converted(piece: BlockSpec | Head, precision: str, keep: Path | None) -> bytes:
+def converted(piece: BlockSpec | Head, precision: str, keep: Path | None) -> bytes:
+    """The piece's TFLite file: read from `keep` when it is there, else converted (and written there)."""
     key = piece.key if isinstance(piece, Head) else block_key(piece)
     file = keep and Path(keep) / f"{precision}_{''.join(c if c.isalnum() else '_' for c in key)}.tflite"
     if file and file.is_file():
