@@ -61,16 +61,6 @@ def search(folder: Path, overrides: str) -> dict:
     return json.loads(result_file.read_text())
 
 
-def measured_ms(arch, threads: int, times: int) -> float:
-    """The whole network's float32 latency as cream_tf.latency times networks: converted once, the
-    fastest of `times` timings (each the fastest of its rounds), as the table's entries are kept."""
-    from cream_tf import latency
-    from cream_tf.childnet import build_child
-
-    content = latency.tflite_bytes(build_child(arch), "float32")
-    return min(latency.time_tflite(content, threads)["ms"] for _ in range(times))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(REPO / "runs" / "latency_search"))
@@ -94,7 +84,8 @@ def main():
     flops, limit = flops_result["winner"], flops_result["space"]["flops_range_mflops"][1]
     bound_file = out / "bound_ms.txt"  # kept: a resumed run reads the bound its latency search ran with
     if not bound_file.is_file():
-        bound_file.write_text(f"{measured_ms(Arch.parse(flops['arch']), args.threads, args.times):.4f}")
+        timed = latency.measure_network(Arch.parse(flops["arch"]), "float32", args.threads, args.times)
+        bound_file.write_text(f"{timed['ms']:.4f}")
     bound = float(bound_file.read_text())
     table_file = Path(args.table) if args.table else out / "table.json"
     depths = "space.depths=[1,1,1,1,1]" if args.smoke else DEPTHS
@@ -117,7 +108,7 @@ def main():
     for name, winner in ((f"FLOPs <= {limit:g} M", flops), (f"latency <= {bound} ms", fast)):
         arch = Arch.parse(winner["arch"])
         predicted = latency.predict_ms(arch, ms, "float32")
-        measured = measured_ms(arch, args.threads, args.times)
+        measured = latency.measure_network(arch, "float32", args.threads, args.times)["ms"]
         figures = (f"{predicted:.4f}", f"{measured:.4f}", f"{winner['val_top1']:.2f}", f"{winner['test_top1']:.2f}")
         rows.append((name, arch.path, f"{winner['mflops']:.2f}", *figures))
     print(f"\nMachine: {machine(('tensorflow', 'ai-edge-litert'))}; LiteRT float32, {args.threads} thread(s)\n")
