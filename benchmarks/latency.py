@@ -3,13 +3,13 @@
 For each space (the default search's, configs/search/fashion_mnist.yaml at 28x28, and the ImageNet
 search's, configs/search/imagenet.yaml at 224x224) it draws --nets paths as the search draws them
 (uniform prior, the space's FLOPs range, seed --seed), measures the space's latency table on this
-host (cream_tf.latency: every block shape alone, float32 and int8, LiteRT with XNNPACK at
---threads), then converts and times each whole network the same way. Per space and precision:
+host (cream_tf.latency: every block shape alone and --calibration whole calibration networks, drawn
+with the table's own seed, float32 and int8, LiteRT with XNNPACK at --threads), then converts and
+times each drawn network the same way. Per space and precision:
 
-- the predictor (the sum of the table's entries): mean absolute error in %, the share within
-  +-10%, the largest error, its mean signed error (a bias an overhead term would remove);
-- the same two figures for the sum times one scale per space and precision, each network's
-  scale fitted on the other networks (leave-one-out): what calibrating the sum would give;
+- the predictor (the table's sum times its calibration scale), on networks that did not
+  calibrate it: mean absolute error in %, the share within +-10%, the largest error, its mean
+  signed error; and beside it the sum alone (the scale left out);
 - Spearman's rank correlation with the measured latency, of the prediction and of the FLOPs;
 - the pairs each orders wrongly by more than 10% in time: the one ranked faster is measured more
   than 10% slower.
@@ -62,53 +62,41 @@ def space_of(name: str, smoke: bool):
 
 
 def study(name: str, args) -> list[dict]:
-    """Measures (or reads) one space's table and networks, in `--passes` passes over all of them
-    (each keeps every file's fastest figure); returns one record per network, its prediction from
-    the final table."""
+    """Measures (or reads) one space's table, with its calibration networks, and its benchmark
+    networks, in `--passes` passes over all of them (each keeps every file's fastest figure);
+    returns one record per benchmark network, its prediction from the final table."""
     from cream_tf import atomic, latency
     from cream_tf.arch import Arch
-    from cream_tf.childnet import build_child
     from cream_tf.flops import flops_of
-    from cream_tf.search.sampler import PathSampler
 
     space, flops_range = space_of(name, args.smoke)
     folder = Path(args.out) / name
-    (folder / "files").mkdir(parents=True, exist_ok=True)
+    files = folder / "files"
     tab = latency.LatencyTable.open(folder / f"table_t{args.threads}.json", args.threads)
     records_file = folder / f"networks_t{args.threads}.json"
     records = json.loads(records_file.read_text()) if records_file.is_file() else []
-    sampler = PathSampler(space, flops_range, seed=args.seed)
-    archs = [space.arch(sampler.sample()[0]) for _ in range(args.nets)]
+    archs = list(latency.calibration_archs(space, flops_range, args.nets, seed=args.seed).values())
     for index, arch in enumerate(archs):
         if index == len(records):
             records.append({"arch": str(arch), "mflops": flops_of(arch) / 1e6})
         assert records[index]["arch"] == str(arch), f"{records_file} was drawn otherwise; move it away"
-
-    def network_file(index: int, precision: str) -> bytes:
-        file = folder / "files" / f"{index:03d}_{precision}.tflite"
-        if not file.is_file():
-            atomic.write_bytes(file, latency.tflite_bytes(build_child(archs[index]), precision))
-        return file.read_bytes()
-
-    pieces = latency.pieces_of_space(space)
+    wanted = latency.pieces_of_space(space) | latency.calibration_archs(space, flops_range, args.calibration)
     if args.convert_only:  # every file made now, to be timed by a later run
         atomic.write_json(records_file, records)
         for precision in args.precisions:
-            for piece in pieces.values():
-                latency.converted(piece, precision, folder / "files")
-            for index in range(args.nets):
-                network_file(index, precision)
-            print(f"{name}: {len(pieces)} pieces and {args.nets} networks converted ({precision})", flush=True)
+            for piece in [*wanted.values(), *archs]:
+                latency.converted(piece, precision, files)
+            print(f"{name}: {len(wanted)} pieces and {len(archs)} networks converted ({precision})", flush=True)
         return []
     timing = {"rounds": args.rounds}
     for number in range(1, args.passes + 1):
-        latency.measure_missing(tab, pieces, args.precisions, passes=number, keep=folder / "files", **timing)
+        latency.measure_missing(tab, wanted, args.precisions, passes=number, keep=files, **timing)
         for index, (arch, record) in enumerate(zip(archs, records)):
             for precision in args.precisions:
                 before = record.get(precision)
                 if before and before["passes"] >= number:
                     continue
-                stats = latency.time_tflite(network_file(index, precision), args.threads, **timing)
+                stats = latency.time_tflite(latency.converted(arch, precision, files), args.threads, **timing)
                 if before and before["ms"] < stats["ms"]:
                     stats = before
                 record[precision] = {**stats, "passes": number}
@@ -116,10 +104,13 @@ def study(name: str, args) -> list[dict]:
             figures = ", ".join(f"{p} {record[p]['ms']:.3f} ms" for p in args.precisions)
             where = f"{name} pass {number}, {index + 1}/{args.nets}"
             print(f"{where}: {arch.path} {record['mflops']:.1f} MFLOPs; {figures}", flush=True)
-    for record in records:
+    held_out = [r for r in records[: args.nets] if r["arch"] not in wanted]  # never a calibration network
+    for record in held_out:
+        arch = Arch.parse(record["arch"])
         for precision in args.precisions:
-            record[precision]["predicted_ms"] = latency.predict_ms(Arch.parse(record["arch"]), tab, precision)
-    return records[: args.nets]
+            record[precision]["predicted_ms"] = latency.predict_ms(arch, tab, precision)
+            record[precision]["scale"] = tab.scale(precision, arch.input_size)
+    return held_out
 
 
 def misordered(score, measured) -> int:
@@ -132,31 +123,25 @@ def misordered(score, measured) -> int:
     )
 
 
-def scaled_out_of_sample(predicted, measured):
-    """Each prediction times the scale that best fits the other networks (least squares through
-    0, leave-one-out): what a predictor with one factor per table, calibrated on networks other
-    than the one it predicts, would give."""
-    products, squares = predicted * measured, predicted**2
-    return predicted * (products.sum() - products) / (squares.sum() - squares)
-
-
 def summary(name: str, records: list[dict], precision: str) -> tuple:
     measured = np.array([r[precision]["ms"] for r in records])
     predicted = np.array([r[precision]["predicted_ms"] for r in records])
+    scale = records[0][precision]["scale"]
     mflops = np.array([r["mflops"] for r in records])
     error = (predicted - measured) / measured * 100
-    scaled = (scaled_out_of_sample(predicted, measured) - measured) / measured * 100
+    summed = (predicted / scale - measured) / measured * 100
     pairs = len(records) * (len(records) - 1) // 2
     return (
         name,
         precision,
         len(records),
         f"{measured.min():.3f}-{measured.max():.3f}",
+        f"{scale:.4f}",
         f"{np.abs(error).mean():.2f}",
         f"{(np.abs(error) <= 10).mean() * 100:.0f}",
         f"{np.abs(error).max():.1f}",
         f"{error.mean():+.2f}",
-        f"{np.abs(scaled).mean():.2f} / {(np.abs(scaled) <= 10).mean() * 100:.0f}",
+        f"{np.abs(summed).mean():.2f} / {(np.abs(summed) <= 10).mean() * 100:.0f} / {summed.mean():+.2f}",
         f"{spearman_rho(predicted, measured):.3f}",
         f"{spearman_rho(mflops, measured):.3f}",
         f"{misordered(predicted, measured)} / {misordered(mflops, measured)} of {pairs}",
@@ -170,6 +155,7 @@ def main():
     parser.add_argument("--precisions", default="float32,int8")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--calibration", type=int, default=10, help="calibration networks in each table")
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per file (cream_tf.latency.time_tflite)")
     parser.add_argument("--passes", type=int, default=2, help="passes over every file, each keeping its fastest figure")
     parser.add_argument("--out", default=str(REPO / "runs" / "latency"))
@@ -183,6 +169,10 @@ def main():
 
     logging.set_verbosity(logging.INFO)  # the table's progress lines (cream_tf.latency)
     args.precisions = args.precisions.split(",")
+    from cream_tf.latency import CALIBRATION_SEED
+
+    if args.seed == CALIBRATION_SEED:
+        parser.error(f"--seed={args.seed} draws the calibration networks; the benchmark predicts others")
     if args.report:
         args.passes = 0  # read what is under --out, time nothing
     names = args.spaces.split(",")
@@ -193,6 +183,7 @@ def main():
         args.out = tempfile.mkdtemp(prefix="latency-smoke-")
         atexit.register(shutil.rmtree, args.out, ignore_errors=True)
         names, args.nets, args.precisions, args.rounds, args.passes = ["fashion_mnist"], 3, ["float32"], 3, 1
+        args.calibration = 2
     if args.convert_only:
         for name in names:
             study(name, args)
@@ -202,8 +193,8 @@ def main():
         records = study(name, args)
         rows += [summary(name, records, precision) for precision in args.precisions]
     print(f"\nMachine: {machine(('tensorflow', 'ai-edge-litert'))}; {args.threads} thread(s)\n")
-    header = ["space", "precision", "nets", "measured ms", "MAE %", "within 10 %", "max error %", "bias %"]
-    header += ["scaled: MAE % / within 10 %"]
+    header = ["space", "precision", "nets", "measured ms", "scale", "MAE %", "within 10 %", "max error %", "bias %"]
+    header += ["sum alone: MAE % / within 10 % / bias %"]
     header += ["Spearman predicted", "Spearman FLOPs", "pairs misordered >10%: predicted / FLOPs"]
     print(table(header, rows))
 

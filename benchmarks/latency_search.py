@@ -7,7 +7,8 @@ measured latency.
    of --times timings.
 2. The same search bounded by predicted latency instead: `space.latency_ms=[0, L]` with L that
    winner's measured latency, the FLOPs bound lifted (the supernet's depths kept), the same seed
-   and prior; the table is --table, or this host's measured first under --out.
+   and prior; the table is a copy of --table, or this host's measured first, under --out (the search
+   measures what it lacks into it: blocks, and its space.latency_calibration networks).
 3. Both winners side by side: MFLOPs, predicted and measured latency (timed alike), held-out and
    test top-1.
 
@@ -65,7 +66,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(REPO / "runs" / "latency_search"))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--table", default="", help="the latency table to read (default: one measured under --out)")
+    parser.add_argument("--table", default="", help="a latency table to start from (default: one measured under --out)")
     parser.add_argument("--times", type=int, default=3, help="timings per winner, the fastest kept")
     parser.add_argument("--smoke", action="store_true", help="two tiny searches")
     args = parser.parse_args()
@@ -87,7 +88,9 @@ def main():
         timed = latency.measure_network(Arch.parse(flops["arch"]), "float32", args.threads, args.times)
         bound_file.write_text(f"{timed['ms']:.4f}")
     bound = float(bound_file.read_text())
-    table_file = Path(args.table) if args.table else out / "table.json"
+    table_file = out / "table.json"  # a --table is copied: the search adds its calibration networks to it
+    if args.table and not table_file.is_file():
+        shutil.copyfile(args.table, table_file)
     depths = "space.depths=[1,1,1,1,1]" if args.smoke else DEPTHS
     if args.smoke:  # the tiny space's table timed briefly here, so that the search finds it whole
         from cream_tf import config as config_lib
@@ -100,6 +103,7 @@ def main():
         latency.measure_missing(tab, latency.pieces_of_space(space), ["float32"], rounds=3, gap_seconds=0.01)
     bounded = f"space.latency_ms=[0,{bound}],space.latency_table={table_file}"
     bounded += f",space.latency_threads={args.threads}"
+    bounded += ",space.latency_calibration=1" if args.smoke else ""  # the search measures it: one whole tiny net
     fast = search(out / "latency", ",".join(o for o in (base, depths, "space.flops_max=100000", bounded) if o))[
         "winner"
     ]

@@ -20,7 +20,7 @@ not inherit another's memory or caches.
     .venv/bin/python benchmarks/trace_scaling.py --configs=fashion_mnist --replicas=1,2
     .venv/bin/python benchmarks/trace_scaling.py --space=tiny --launch=workers   # 8 small processes
     .venv/bin/python benchmarks/trace_scaling.py --configs=fashion_mnist,fashion_mnist+extended --replicas=1
-    .venv/bin/python benchmarks/trace_scaling.py --smoke                  # the tiny space, 1 and 2
+    .venv/bin/python benchmarks/trace_scaling.py --smoke                  # the tiny space, 1 replica
 
 Prints Markdown tables and the machine it ran on.
 """
@@ -198,7 +198,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8, help="images per replica (the meta step takes 2 slices of 4)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps of each kind after the first (default 3)")
     parser.add_argument("--params_override", default="", help="more config overrides, as main.py takes them")
-    parser.add_argument("--smoke", action="store_true", help="the tiny space with meta: 1 replica, 2 workers, 1 step")
+    parser.add_argument("--smoke", action="store_true", help="the tiny space with meta: 1 replica, 1 step")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # CONFIG:LAUNCH:REPLICAS, measured in this process
     args = parser.parse_args()
     args.tiny = args.space == "tiny" or args.smoke
@@ -211,7 +211,7 @@ def main():
     if smoke:  # the tiny space's top1 leaves the meta step out; the smoke measures it too
         args.params_override = ",".join(o for o in ("cream.pick_method=meta", args.params_override) if o)
     args.configs = args.configs or ("fashion_mnist" if smoke else "fashion_mnist,imagenet")
-    args.replicas = args.replicas or ("1,2" if smoke else "1,2,4,8")
+    args.replicas = args.replicas or ("1" if smoke else "1,2,4,8")
     args.launch = args.launch or ("workers" if smoke else "mirrored,workers")
     args.steps = args.steps or (1 if smoke else 3)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

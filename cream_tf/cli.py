@@ -108,6 +108,13 @@ flags.DEFINE_bool(
     False,
     "latency: measure a table afresh when it was measured with other threads or another LiteRT.",
 )
+flags.DEFINE_integer(
+    "latency_calibration",
+    10,
+    "latency: whole networks of the architecture's depths measured into the table once per input size and "
+    "precision, to calibrate its sum (cream_tf.latency).",
+    lower_bound=0,
+)
 flags.DEFINE_integer("eval_batches", 0, "eval: batches of data.batch_size to measure; 0 = the whole split.")
 FLAGS = flags.FLAGS
 
@@ -141,7 +148,7 @@ def run_mode(mode: str) -> str:
     if mode == "describe":
         return commands.describe(arch, f.zoo)
     if mode == "latency":
-        table = {"latency_table": f.latency_table, "refresh": f.latency_refresh}
+        table = {"latency_table": f.latency_table, "refresh": f.latency_refresh, "calibration": f.latency_calibration}
         return commands.latency(arch, threads=f.threads, int8=f.int8, **table)
     if mode == "export":
         return commands.export(arch, zoo_name=f.zoo, weights=f.weights, **output, **config)

@@ -12,6 +12,7 @@ The heavy modules (TensorFlow and what builds on it) are imported inside the fun
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -48,17 +49,22 @@ def describe(arch, zoo_name=None) -> str:
     return "\n".join(lines + ["", cost_of(arch).table()])
 
 
-def latency(arch, *, latency_table=None, threads=1, int8=False, refresh=False) -> str:
+def latency(arch, *, latency_table=None, threads=1, int8=False, refresh=False, calibration=10) -> str:
     """The network's latency in LiteRT (XNNPACK) on this host, predicted from a latency table
-    (cream_tf.latency; the blocks it lacks are measured into it first) and measured whole."""
+    (cream_tf.latency; the blocks it lacks, and `calibration` networks of the arch's depths, are
+    measured into it first) and measured whole."""
     from cream_tf import latency as lat
+    from cream_tf.arch import SearchSpace
     from cream_tf.flops import flops_of
 
     precision = "int8" if int8 else "float32"
     table = lat.LatencyTable.open(latency_table or lat.default_table_path(threads), threads, refresh)
-    measured_now = lat.measure_missing(table, lat.pieces(arch), (precision,))
+    wanted = lat.pieces(arch) | lat.calibration_archs(SearchSpace(arch), (0, math.inf), calibration)
+    measured_now = lat.measure_missing(table, wanted, (precision,))
     keys = lat.network_keys(arch)
     predicted = lat.predict_ms(arch, table, precision)
+    ratios = table.calibration_ratios(precision, arch.input_size)
+    scale = f"{table.scale(precision, arch.input_size):.3f}, the median of {len(ratios)} calibration networks"
     whole = lat.measure_network(arch, precision, threads)
     error = (predicted - whole["ms"]) / whole["ms"] * 100
     return "\n".join(
@@ -68,7 +74,8 @@ def latency(arch, *, latency_table=None, threads=1, int8=False, refresh=False) -
             f"MFLOPs:       {flops_of(arch) / 1e6:.2f}",
             f"table:        {table.path} ({len(table.entries[precision])} {precision} entries, "
             f"{measured_now} measured now; {table.device})",
-            f"predicted:    {predicted:.4f} ms (the sum of {len(keys)} table entries: each block's and the head's)",
+            f"predicted:    {predicted:.4f} ms (the sum of {len(keys)} table entries, each block's and the head's, "
+            f"times {scale if ratios else '1: no calibration network at this input size'})",
             f"measured:     {whole['ms']:.4f} ms (the fastest of {whole['rounds']} rounds of {whole['calls']} calls; "
             f"median {whole['median_ms']:.4f}, slowest {whole['max_ms']:.4f})",
             f"error:        {error:+.1f}%",

@@ -174,6 +174,7 @@ class SpaceConfig:
     latency_table: str = ""  # its table file; "" = this host's, the space's blocks measured first
     latency_precision: str = "float32"  # or int8: which TFLite file the bounds are for
     latency_threads: int = 1
+    latency_calibration: int = 10  # whole networks measured to calibrate the table's sum (cream_tf.latency)
 
     def opset(self) -> OpSet:
         """The candidates and fixed-block settings as one value (checked: ValueError naming what is wrong)."""
@@ -272,6 +273,7 @@ class SearchConfig:
         require(self, "space.latency_ms", lambda v: not v or (len(v) == 2 and 0 <= v[0] <= v[1]), valid)
         require(self, "space.latency_precision", lambda v: v in ("float32", "int8"), "float32 or int8")
         require(self, "space.latency_threads", lambda v: v >= 1, "an integer >= 1")
+        require(self, "space.latency_calibration", lambda v: v >= 0, "an integer >= 0")
 
 
 @dataclasses.dataclass

@@ -6,10 +6,16 @@ Once-for-All's lookup tables predict it (mit-han-lab/once-for-all, `latency_look
 The table holds one entry per block shape: every block is converted on its own to a TFLite file
 the way cream_tf.export converts a whole network (float32, or full-integer int8 with int8 input
 and output) and timed in LiteRT's interpreter with its default XNNPACK delegate at a given thread
-count. `benchmarks/latency.py` measures how close the sum comes to whole networks.
+count. A network's prediction is that sum times one calibration scale per precision and input
+size: the median, over a few whole networks of the space measured the same way (its calibration
+networks, drawn with their own seed), of measured over summed latency. On this host the sum alone
+reads 3-7% low (a sum of pieces' fastest figures undercuts the network's fastest, and a block
+timed alone runs with hot caches); `benchmarks/latency.py` measures how close both come to other
+whole networks.
 
     table = LatencyTable.open("runs/latency/host-t1.json", threads=1)   # or a new, empty one
-    measure_missing(table, pieces_of_space(space), ("float32",))          # resumable
+    wanted = pieces_of_space(space) | calibration_archs(space, (0, 600))
+    measure_missing(table, wanted, ("float32",))                          # resumable
     predict_ms(arch, table, "float32")
 
 The table file (JSON; a phone's from `scripts/latency_adb.sh` has the same layout):
@@ -19,13 +25,15 @@ The table file (JSON; a phone's from `scripts/latency_adb.sh` has the same layou
      "device": "host: AMD EPYC ...",      # compared on the runtime and thread count it records
      "threads": 1, "delegate": "xnnpack",
      "entries": {"float32": {KEY: {"ms": ..., and how it was timed}, ...},
-                 "int8": {...}}}
+                 "int8": {...}},
+     "calibration": {"float32": {ARCH: {"ms": ..., ...}, ...}, "int8": {...}}}
 
 KEY is the block's shape (`block_key`): kind, kernel, stride, dilation, input/output/middle/SE
 channels, activation and input side, e.g. `ir-k5-s2-d1-i16-o24-m96-se24-swish@28`, and for the
 head (global pool, 1x1 conv, classifier) `head-i320-h1280-c10-swish@2`. Any space whose blocks
 have those shapes reads the same entries. Identity blocks (skips) vanish in conversion and cost
-nothing. Times are per `invoke()` with the input already set: what a network runs, not Python's
+nothing. ARCH is a calibration network's architecture string (cream_tf.arch.Arch), timed whole.
+Times are per `invoke()` with the input already set: what a network runs, not Python's
 copies around it. On this host "ms" is the fastest of 15 spread-out rounds (`time_tflite`, which
 says why), with the rounds' median and slowest beside it; from benchmark_model, its average.
 """
@@ -35,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import hashlib
 import json
 import math
 import os
@@ -55,6 +64,7 @@ from cream_tf.arch import HEAD_CHANNELS, LAST_CHANNELS, Arch, BlockSpec, SearchS
 FORMAT = "cream_tf.latency/1"
 PRECISIONS = ("float32", "int8")
 HOST = "host: "  # `device` of a table measured by this module, followed by the CPU's name
+CALIBRATION_SEED = 7  # the calibration networks' draw; benchmarks/latency.py predicts others
 
 
 class LatencyTableError(RunError):
@@ -88,6 +98,15 @@ def head_of(arch: Arch) -> Head:
     return Head(block_specs(arch)[-1].out_size, arch.num_classes, arch.ops.fixed_activation)
 
 
+Piece = BlockSpec | Head | Arch  # what the table times: a block, the head, a calibration network
+
+
+def piece_key(piece: Piece) -> str:
+    if isinstance(piece, Arch):
+        return str(piece)
+    return piece.key if isinstance(piece, Head) else block_key(piece)
+
+
 def pieces(arch: Arch) -> dict[str, BlockSpec | Head]:
     """The measured pieces of a network by key, stem to head (skips left out)."""
     return _keyed(block_specs(arch), head_of(arch))
@@ -103,6 +122,23 @@ def pieces_of_space(space: SearchSpace) -> dict[str, BlockSpec | Head]:
     position, the head."""
     specs = [*space.fixed_specs(), *(spec for row in space.choice_specs() for spec in row if spec)]
     return _keyed(specs, head_of(space.template))
+
+
+def calibration_archs(
+    space: SearchSpace, flops_range: tuple[float, float], nets: int = 10, seed: int = CALIBRATION_SEED
+) -> dict[str, Arch]:
+    """`nets` different paths of `space` drawn as its search draws them (uniform prior,
+    `flops_range` in MFLOPs), by their architecture strings: the networks that calibrate a table's
+    sum. Fewer in a space with fewer paths (the draws stop after 20 per network)."""
+    from cream_tf.search.sampler import PathSampler
+
+    sampler, archs = PathSampler(space, flops_range, seed=seed), {}
+    for _ in range(20 * nets):
+        if len(archs) == nets:
+            break
+        arch = space.arch(sampler.sample()[0]).replace(dropout=0.0, drop_path=0.0)  # as converted
+        archs.setdefault(str(arch), arch)
+    return archs
 
 
 def _keyed(specs: Iterable[BlockSpec], head: Head) -> dict[str, BlockSpec | Head]:
@@ -142,6 +178,7 @@ class LatencyTable:
     runtime: str
     device: str
     entries: dict[str, dict[str, dict]]
+    calibration: dict[str, dict[str, dict]] = dataclasses.field(default_factory=lambda: {p: {} for p in PRECISIONS})
 
     @classmethod
     def open(cls, path, threads: int, refresh: bool = False) -> LatencyTable:
@@ -163,10 +200,13 @@ class LatencyTable:
             if data.get("format") != FORMAT:
                 raise ValueError(f"its format is {data.get('format')!r}, not {FORMAT!r}")
             table = cls(path, int(data["threads"]), str(data["runtime"]), str(data["device"]), {})
-            for precision, entries in data["entries"].items():
-                if precision not in PRECISIONS:
-                    raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-                table.entries[precision] = {str(k): {**v, "ms": float(v["ms"])} for k, v in entries.items()}
+            for name in ("entries", "calibration"):
+                for precision, entries in data.get(name, {}).items():
+                    if precision not in PRECISIONS:
+                        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+                    getattr(table, name)[precision] = {str(k): {**v, "ms": float(v["ms"])} for k, v in entries.items()}
+            for arch in table.calibration["float32"] | table.calibration["int8"]:
+                Arch.parse(arch)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise LatencyTableError(
                 f"{path} is not a readable latency table ({error}). Give another --latency_table, or move "
@@ -191,8 +231,22 @@ class LatencyTable:
 
     def save(self) -> None:
         data = {"format": FORMAT, "runtime": self.runtime, "device": self.device, "threads": self.threads}
-        data.update(delegate="xnnpack", entries=self.entries)
+        data.update(delegate="xnnpack", entries=self.entries, calibration=self.calibration)
         atomic.write_json(self.path, data)
+
+    def section(self, piece: Piece, precision: str) -> dict[str, dict]:
+        """Where `piece`'s figure goes: the calibration networks' or the blocks' entries."""
+        return (self.calibration if isinstance(piece, Arch) else self.entries)[_checked(precision)]
+
+    def calibration_ratios(self, precision: str, input_size: int) -> list[float]:
+        """Measured over summed latency of each calibration network at `input_size`."""
+        archs = [(Arch.parse(key), stats["ms"]) for key, stats in self.calibration[_checked(precision)].items()]
+        return [ms / math.fsum(self.ms(network_keys(a), precision)) for a, ms in archs if a.input_size == input_size]
+
+    def scale(self, precision: str, input_size: int) -> float:
+        """The calibration scale at `input_size`: the median ratio; 1 where no network calibrates."""
+        ratios = self.calibration_ratios(precision, input_size)
+        return statistics.median(ratios) if ratios else 1.0
 
     def ms(self, keys: Iterable[str], precision: str) -> list[float]:
         """Each key's latency; LatencyTableError naming the keys the table lacks."""
@@ -215,24 +269,25 @@ def _checked(precision: str) -> str:
 
 
 def predict_ms(arch: Arch, table: LatencyTable, precision: str) -> float:
-    """The network's latency as the sum of its pieces' table entries."""
-    return math.fsum(table.ms(network_keys(arch), precision))
+    """The network's latency: the sum of its pieces' table entries times the table's calibration
+    scale at the network's input size."""
+    return table.scale(precision, arch.input_size) * math.fsum(table.ms(network_keys(arch), precision))
 
 
 def measure_missing(
     table: LatencyTable,
-    wanted: dict[str, BlockSpec | Head],
+    wanted: dict[str, Piece],
     precisions: Iterable[str],
     passes: int = 1,
     keep: Path | None = None,
     **timing,
 ) -> int:
-    """Measures the `wanted` pieces the table lacks, saving after each (a stopped run resumes
-    where it stopped); returns how many timings it made. `passes` > 1 times every piece again in
-    later passes over all of them, keeping its fastest figure: a machine whose speed drifts over
-    minutes gets several chances to be timed at its own pace. `keep`: a folder where the converted
-    pieces stay, so that later passes time the same files without converting again. `timing`:
-    `time_tflite`'s settings."""
+    """Measures the `wanted` pieces (blocks, heads, calibration networks) the table lacks, saving
+    after each (a stopped run resumes where it stopped); returns how many timings it made.
+    `passes` > 1 times every piece again in later passes over all of them, keeping its fastest
+    figure: a machine whose speed drifts over minutes gets several chances to be timed at its own
+    pace. `keep`: a folder where the converted pieces stay, so that later passes time the same
+    files without converting again. `timing`: `time_tflite`'s settings."""
     if not table.device.startswith(HOST):
         raise LatencyTableError(
             f"The latency table {table.path} was measured on {table.device}; this host cannot add entries to "
@@ -240,14 +295,19 @@ def measure_missing(
         )
     done, start = 0, time.perf_counter()
     for number in range(1, passes + 1):
-        entries = {p: table.entries[p] for p in map(_checked, precisions)}
-        todo = [(p, key) for p in entries for key in wanted if entries[p].get(key, {}).get("passes", 0) < number]
+        todo = [
+            (precision, key)
+            for precision in map(_checked, precisions)
+            for key, piece in wanted.items()
+            if table.section(piece, precision).get(key, {}).get("passes", 0) < number
+        ]
         for count, (precision, key) in enumerate(todo, start=1):
+            entries = table.section(wanted[key], precision)
             stats = time_tflite(converted(wanted[key], precision, keep), table.threads, **timing)
-            before = entries[precision].get(key)
+            before = entries.get(key)
             if before and before["ms"] < stats["ms"]:
                 stats = before
-            entries[precision][key] = {**stats, "passes": number}
+            entries[key] = {**stats, "passes": number}
             table.save()
             done += 1
             logging.info(
@@ -264,10 +324,12 @@ def measure_missing(
     return done
 
 
-def converted(piece: BlockSpec | Head, precision: str, keep: Path | None) -> bytes:
-    """The piece's TFLite file: read from `keep` when it is there, else converted (and written there)."""
-    key = piece.key if isinstance(piece, Head) else block_key(piece)
-    file = keep and Path(keep) / f"{precision}_{''.join(c if c.isalnum() else '_' for c in key)}.tflite"
+def converted(piece: Piece, precision: str, keep: Path | None) -> bytes:
+    """The piece's TFLite file: read from `keep` when it is there, else converted (and written
+    there, named by its key; a network's, whose string can be long, by the key's hash)."""
+    key = piece_key(piece)
+    name = f"net_{hashlib.sha1(key.encode()).hexdigest()[:16]}" if isinstance(piece, Arch) else key
+    file = keep and Path(keep) / f"{precision}_{''.join(c if c.isalnum() else '_' for c in name)}.tflite"
     if file and file.is_file():
         return file.read_bytes()
     content = tflite_bytes(piece_model(piece), precision)
@@ -277,12 +339,15 @@ def converted(piece: BlockSpec | Head, precision: str, keep: Path | None) -> byt
     return content
 
 
-def piece_model(piece: BlockSpec | Head):
-    """A Keras model of one piece alone, fresh weights, batch 1."""
+def piece_model(piece: Piece):
+    """A Keras model of one piece alone (a network: whole), fresh weights, batch 1."""
     import keras
 
     from cream_tf.blocks import KERAS, apply_block, apply_head, block_layers, head_layers
+    from cream_tf.childnet import build_child
 
+    if isinstance(piece, Arch):
+        return build_child(piece)
     if isinstance(piece, Head):
         inputs = keras.Input((piece.in_size, piece.in_size, LAST_CHANNELS), batch_size=1)
         outputs = apply_head(head_layers(piece.num_classes, HEAD_CHANNELS, 0.0, KERAS, piece.activation), inputs)
@@ -310,9 +375,7 @@ def tflite_bytes(model, precision: str) -> bytes:
 def measure_network(arch: Arch, precision: str, threads: int, times: int = 1, **timing) -> dict:
     """The whole network's latency, converted and timed as the table's pieces are: converted
     once, the fastest of `times` timings (as passes keep the table's fastest figures)."""
-    from cream_tf.childnet import build_child
-
-    content = tflite_bytes(build_child(arch), precision)
+    content = converted(arch, precision, None)
     return min((time_tflite(content, threads, **timing) for _ in range(times)), key=lambda stats: stats["ms"])
 
 
@@ -413,10 +476,12 @@ def _serve_timer() -> None:
 
 class PathLatency:
     """Predicted latency of every path of a search space by table look-up, as flops.FlopsTable
-    gives their multiply-adds: the fixed pieces' sum plus one entry per position (0 for a skip)."""
+    gives their multiply-adds: the fixed pieces' sum plus one entry per position (0 for a skip),
+    times the table's calibration scale (`predict_ms`)."""
 
     def __init__(self, space: SearchSpace, table: LatencyTable, precision: str):
         self.table, self.precision = table, precision
+        self.scale = table.scale(precision, space.template.input_size)
         rows = space.choice_specs()
         self.entries = [[self._ms(spec) if spec else None for spec in row] for row in rows]
         fixed = [block_key(spec) for spec in space.fixed_specs()] + [head_of(space.template).key]
@@ -427,17 +492,25 @@ class PathLatency:
         return self.table.ms([key], self.precision)[0] if key else 0.0
 
     def ms(self, flat_path) -> float:
-        return self.fixed + math.fsum(row[int(c)] for row, c in zip(self.entries, flat_path))
+        return self.scale * (self.fixed + math.fsum(row[int(c)] for row, c in zip(self.entries, flat_path)))
 
     def range(self) -> tuple[float, float]:
         allowed = [[ms for ms in row if ms is not None] for row in self.entries]
-        return self.fixed + sum(map(min, allowed)), self.fixed + sum(map(max, allowed))
+        return tuple(self.scale * (self.fixed + sum(map(pick, allowed))) for pick in (min, max))
 
 
-def for_search(space: SearchSpace, table_file: str, precision: str, threads: int) -> PathLatency:
+def for_search(
+    space: SearchSpace,
+    table_file: str,
+    precision: str,
+    threads: int,
+    flops_range: tuple[float, float],
+    calibration: int = 10,
+) -> PathLatency:
     """The predictor a latency-bounded search samples with: the table at `table_file` (this host's
-    default when empty), its missing pieces measured first. Processes of one machine that start
-    together measure one after another under a lock, so the later ones read what the first wrote."""
+    default when empty), its missing pieces and `calibration` calibration networks (drawn in
+    `flops_range`, MFLOPs) measured first. Processes of one machine that start together measure
+    one after another under a lock, so the later ones read what the first wrote."""
     import fcntl
 
     path = Path(table_file) if table_file else default_table_path(threads)
@@ -446,8 +519,8 @@ def for_search(space: SearchSpace, table_file: str, precision: str, threads: int
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
         table = LatencyTable.open(path, threads)
-        wanted = pieces_of_space(space)
-        if any(key not in table.entries[_checked(precision)] for key in wanted):
+        wanted = pieces_of_space(space) | calibration_archs(space, flops_range, calibration)
+        if any(key not in table.section(piece, precision) for key, piece in wanted.items()):
             if table.device.startswith(HOST):
                 logging.info("Latency table %s: measuring the blocks of this space it lacks (%s).", path, precision)
             measure_missing(table, wanted, (precision,))
@@ -459,17 +532,18 @@ def for_search(space: SearchSpace, table_file: str, precision: str, threads: int
 # --- tables measured elsewhere (scripts/latency_adb.sh) ------------------------------------------
 
 
-def write_pieces(space: SearchSpace, folder, precisions: Iterable[str]) -> Path:
-    """Every piece of `space` as a TFLite file under `folder`, with `manifest.json` (one line per
-    file: precision, key, file name), for a device to time; returns the manifest's path."""
+def write_pieces(space: SearchSpace, folder, precisions: Iterable[str], calibration: dict[str, Arch]) -> Path:
+    """Every piece of `space` and the `calibration` networks as TFLite files under `folder`, with
+    `manifest.json` (one line per file: precision, key, file name, whether it is a network), for a
+    device to time; returns the manifest's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    manifest, wanted = [], pieces_of_space(space)
+    manifest, wanted = [], pieces_of_space(space) | calibration
     for precision in map(_checked, precisions):
-        for number, (key, piece) in enumerate(sorted(wanted.items())):
+        for number, (key, piece) in enumerate(wanted.items()):
             name = f"{precision}_{number:03d}.tflite"
             atomic.write_bytes(folder / name, tflite_bytes(piece_model(piece), precision))
-            manifest.append({"precision": precision, "key": key, "file": name})
+            manifest.append({"precision": precision, "key": key, "file": name, "network": isinstance(piece, Arch)})
     atomic.write_json(folder / "manifest.json", manifest)
     return folder / "manifest.json"
 
@@ -491,7 +565,7 @@ def table_from_timings(manifest, timings, path, threads: int, device: str, runti
                 f"{timings} line {number} {line!r} is not 'FILE AVG_US STD_US RUNS' for a file of {manifest}."
             ) from None
         entry = {"ms": ms, "sd_ms": sd, "runs": int(runs)}
-        table.entries[item["precision"]][item["key"]] = entry
+        (table.calibration if item.get("network") else table.entries)[item["precision"]][item["key"]] = entry
     table.save()
     return table
 
@@ -520,7 +594,9 @@ def main(argv=None) -> None:
         from cream_tf.flops import build_space
 
         config = config_lib.load(config_lib.SearchConfig, args.config_file, args.params_override)
-        print(write_pieces(build_space(config), args.out, args.precisions.split(",")))
+        space, s = build_space(config), config.space
+        calibration = calibration_archs(space, (s.flops_min, s.flops_max), s.latency_calibration)
+        print(write_pieces(space, args.out, args.precisions.split(","), calibration))
     else:
         table = table_from_timings(args.manifest, args.timings, args.out, args.threads, args.device, args.runtime)
         print(f"{table.path}: " + ", ".join(f"{len(v)} {p} entries" for p, v in table.entries.items()))

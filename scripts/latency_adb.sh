@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A latency table measured on an Android device (cream_tf.latency's format), for a search to be
-# bounded in that device's milliseconds: every block of a search config's space converted here,
-# timed there by LiteRT's benchmark_model through adb, and the timings made into a table here.
+# bounded in that device's milliseconds: every block of a search config's space, and its
+# space.latency_calibration whole networks (the table's calibration), converted here, timed there
+# by LiteRT's benchmark_model through adb, and the timings made into a table here.
 #
 #   scripts/latency_adb.sh CONFIG.yaml TABLE.json [THREADS] [PRECISIONS]
 #   scripts/latency_adb.sh configs/search/imagenet.yaml tables/pixel8_t1.json 1 float32,int8

@@ -369,16 +369,16 @@ TRACE_SCALING_META_FIGURES = (
 
 # Its processes take 4-8 GB: never beside the other tests that start such processes (conftest).
 @pytest.mark.xdist_group("big_processes")
-def test_trace_scaling_smoke_measures_one_replica_and_two_workers():
+def test_trace_scaling_smoke_measures_the_train_step_and_the_meta_update():
+    """One replica only: that each of several workers traces one replica's graph is
+    test_search's two-local-workers test, which runs the launcher users run."""
     output = run_smoke("trace_scaling.py")
     rows, meta_rows = table_with(output, "peak RSS GB (all)"), table_with(output, "meta graph ops")
     for table, figures in ((rows, TRACE_SCALING_FIGURES), (meta_rows, TRACE_SCALING_META_FIGURES)):
-        assert [(row["processes"], row["replicas"]) for row in table] == [("1", "1"), ("2", "2")]
+        assert [(row["processes"], row["replicas"]) for row in table] == [("1", "1")]
         for row in table:
             for column in figures:
                 positive(row[column])
-    one, workers = (positive(row["graph ops"]) for row in rows)
-    assert workers < 1.15 * one  # each worker process traces its own replica only
     # The meta update's graph has two backwards (KD and validation), the train step's one.
     for row, meta_row in zip(rows, meta_rows):
         assert positive(meta_row["meta graph ops"]) > positive(row["graph ops"])

@@ -1,15 +1,17 @@
 """The latency table (cream_tf.latency): built for a tiny space and read back, the predictor as the
-sum of its entries, `--mode=latency` end to end, and the tables that cannot serve refused."""
+sum of its entries times the calibration networks' median ratio, `--mode=latency` end to end, and
+the tables that cannot serve refused."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 
 import pytest
 
 from cream_tf import commands, latency
-from cream_tf.arch import SearchSpace
+from cream_tf.arch import Arch, SearchSpace
 from cream_tf.candidates import OpSet
 
 # Depth 3 in stage 3, where a skip may stand at the second and third blocks; one MBConv otherwise.
@@ -23,6 +25,8 @@ SPACE = SearchSpace.create(
     ops=OpSet.from_strings(None, "k3_e4_nose+skip", None),
 )
 PIECES = 10  # stem, ds, each stage's first block, stage 3's later block, cn, head
+# Whole networks, drawn as --mode=latency and a search draw them (every path is far under 100 MFLOPs).
+CALIBRATION = latency.calibration_archs(SPACE, (0, math.inf), 2)
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +34,9 @@ def table_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("latency") / "table.json"
     table = latency.LatencyTable.open(path, threads=1)
     # Two passes over every piece, the second timing the files the first converted and kept.
-    keep = path.parent / "pieces"
-    assert latency.measure_missing(table, latency.pieces_of_space(SPACE), ["float32"], 2, keep, rounds=3) == 2 * PIECES
-    assert len(list(keep.glob("float32_*.tflite"))) == PIECES
+    keep, wanted = path.parent / "pieces", latency.pieces_of_space(SPACE) | CALIBRATION
+    assert latency.measure_missing(table, wanted, ["float32"], 2, keep, rounds=3) == 2 * (PIECES + 2)
+    assert len(list(keep.glob("float32_*.tflite"))) == PIECES + 2
     return path
 
 
@@ -47,7 +51,30 @@ def test_table_is_written_read_back_and_only_missing_blocks_are_measured(table_f
         assert stats["passes"] == 2, (key, stats)
     table = latency.LatencyTable.open(table_file, threads=1)
     assert table.entries["float32"] == entries
-    assert latency.measure_missing(table, latency.pieces_of_space(SPACE), ["float32"]) == 0
+    assert sorted(data["calibration"]["float32"]) == sorted(CALIBRATION) and data["calibration"]["int8"] == {}
+    assert table.calibration == data["calibration"]
+    assert latency.measure_missing(table, latency.pieces_of_space(SPACE) | CALIBRATION, ["float32"]) == 0
+
+
+def test_calibration_scales_the_sum_by_the_median_ratio_of_networks_at_its_input_size(table_file):
+    table = latency.LatencyTable.open(table_file, threads=1)
+
+    def summed(arch):
+        return math.fsum(table.ms(latency.network_keys(arch), "float32"))
+
+    # The fixture's networks, timed whole: each a little off the sum of its pieces timed alone.
+    ratios = [stats["ms"] / summed(Arch.parse(key)) for key, stats in table.calibration["float32"].items()]
+    assert len(ratios) == 2 and min(ratios) > 0.5 and max(ratios) < 2, ratios
+    assert table.scale("float32", 16) == pytest.approx(sum(ratios) / 2)
+    archs = [SPACE.arch(path) for path in ([0] * 7, [0, 0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 1, 0, 0])]
+    table.calibration["float32"] = {str(a): {"ms": r * summed(a)} for a, r in zip(archs, (1.1, 1.4, 1.2))}
+    arch = SPACE.arch([0, 0, 0, 0, 1, 0, 0])
+    assert latency.predict_ms(arch, table, "float32") == pytest.approx(1.2 * summed(arch), rel=1e-12)
+    assert latency.PathLatency(SPACE, table, "float32").ms([0, 0, 0, 0, 1, 0, 0]) == pytest.approx(1.2 * summed(arch))
+    # Networks of another input size or precision calibrate nothing here.
+    assert table.scale("float32", 32) == table.scale("int8", 16) == 1.0
+    table.calibration["float32"] = {str(a.replace(input_size=32)): {"ms": 1.0} for a in archs}
+    assert latency.predict_ms(arch, table, "float32") == pytest.approx(summed(arch), rel=1e-12)
 
 
 @pytest.mark.parametrize("stage3", [(0, 0, 0), (0, 1, 0), (0, 1, 1)])
@@ -58,6 +85,7 @@ def test_prediction_is_the_sum_of_the_networks_entries_once_per_block(table_file
     table = latency.LatencyTable.open(table_file, threads=1)
     keys = sorted(table.entries["float32"])
     table.entries["float32"] = {key: {"ms": 4.0**i} for i, key in enumerate(keys)}
+    table.calibration["float32"] = {}  # the sum alone
     arch = SPACE.arch([0, 0, *stage3, 0, 0])
     predicted = int(latency.predict_ms(arch, table, "float32"))
     digits = [predicted // 4**i % 4 for i in range(len(keys))]
@@ -69,9 +97,11 @@ def test_prediction_is_the_sum_of_the_networks_entries_once_per_block(table_file
 
 def test_latency_mode_prints_the_prediction_and_the_whole_network_measured(table_file):
     arch = SPACE.arch([0, 0, 0, 1, 0, 0, 0])
-    text = commands.latency(arch, latency_table=str(table_file), threads=1)
-    predicted = latency.predict_ms(arch, latency.LatencyTable.open(table_file, 1), "float32")
+    text = commands.latency(arch, latency_table=str(table_file), threads=1, calibration=2)
+    table = latency.LatencyTable.open(table_file, 1)
+    predicted, scale = latency.predict_ms(arch, table, "float32"), table.scale("float32", 16)
     assert f"predicted:    {predicted:.4f} ms (the sum of 10 table entries" in text, text
+    assert f"times {scale:.3f}, the median of 2 calibration networks)" in text, text
     assert "0 measured now" in text, text
     measured = float(text.split("measured:")[1].split()[0])
     assert 0.5 * predicted < measured < 2 * predicted, text  # the same blocks, timed as one file
@@ -151,7 +181,7 @@ def test_a_latency_bounded_search_samples_inside_the_bound_and_records_latency(t
     predicted = sorted(latency.predict_ms(arch, table, "float32") for arch in paths)
     bound = [0.0, (predicted[-2] + predicted[-1]) / 2]  # all but the path without a skip
     (tmp_path / "tiny.yaml").write_text(TINY_SEARCH)
-    override = f"space.latency_ms=[0, {bound[1]}],space.latency_table={table_file}"
+    override = f"space.latency_ms=[0, {bound[1]}],space.latency_table={table_file},space.latency_calibration=2"
     search = SearchRun(
         config_lib.load(config_lib.SearchConfig, str(tmp_path / "tiny.yaml"), override),
         tmp_path / "run",
@@ -163,6 +193,7 @@ def test_a_latency_bounded_search_samples_inside_the_bound_and_records_latency(t
     assert max(sampled) == pytest.approx(predicted[-2], rel=1e-4)  # the paths with one skip are drawn
     assert result["space"]["latency_range_ms"] == pytest.approx(bound)
     assert result["space"]["latency"]["table"] == str(table_file)
+    assert result["space"]["latency"]["calibration_scale"] == round(table.scale("float32", 16), 4)
     winner = result["winner"]
     assert 0 < winner["latency_ms"] <= bound[1] and winner["measured_latency_ms"] > 0, winner
     metadata = json.loads((tmp_path / "run" / winner["entry"] / "metadata.json").read_text())
@@ -174,9 +205,9 @@ def test_a_latency_bounded_search_samples_inside_the_bound_and_records_latency(t
 def test_a_devices_timings_become_a_table(tmp_path):
     """The host's halves of scripts/latency_adb.sh: the space's pieces as TFLite files with a
     manifest, then benchmark_model's microseconds per file made into a table the search reads."""
-    manifest = latency.write_pieces(SPACE, tmp_path / "pieces", ["float32"])
+    manifest = latency.write_pieces(SPACE, tmp_path / "pieces", ["float32"], CALIBRATION)
     items = json.loads(manifest.read_text())
-    assert len(items) == PIECES and all((tmp_path / "pieces" / item["file"]).stat().st_size > 0 for item in items)
+    assert len(items) == PIECES + 2 and all((tmp_path / "pieces" / item["file"]).stat().st_size > 0 for item in items)
     timings = tmp_path / "timings.txt"
     timings.write_text("".join(f"{item['file']} {100.0 * (n + 1)} 5 200\n" for n, item in enumerate(items)))
     phone = tmp_path / "phone.json"
@@ -184,9 +215,11 @@ def test_a_devices_timings_become_a_table(tmp_path):
     latency.main(["table", *flags, "--device=adb: Pixel 8", "--runtime=benchmark_model 2.16"])
     table = latency.LatencyTable.open(phone, 1)
     assert table.device == "adb: Pixel 8" and table.runtime == "benchmark_model 2.16"
-    assert {k: v["ms"] for k, v in table.entries["float32"].items()} == pytest.approx(
+    figures = {**table.entries["float32"], **table.calibration["float32"]}
+    assert {k: v["ms"] for k, v in figures.items()} == pytest.approx(
         {item["key"]: 0.1 * (n + 1) for n, item in enumerate(items)}
     )
+    assert sorted(table.calibration["float32"]) == sorted(CALIBRATION) and len(table.entries["float32"]) == PIECES
     latency.PathLatency(SPACE, table, "float32")  # every piece of the space is there
     timings.write_text(f"{items[0]['file']} 12.5\n")
     with pytest.raises(ValueError, match=r"timings.txt line 1 .* is not 'FILE AVG_US STD_US RUNS'"):
@@ -200,6 +233,7 @@ def test_a_devices_timings_become_a_table(tmp_path):
         ("space.latency_ms=[1]", r"space.latency_ms=\(1.0,\) is not valid"),
         ("space.latency_precision=fp16", "space.latency_precision='fp16' is not valid; valid: float32 or int8"),
         ("space.latency_threads=0", "space.latency_threads=0 is not valid; valid: an integer >= 1"),
+        ("space.latency_calibration=-1", "space.latency_calibration=-1 is not valid; valid: an integer >= 0"),
     ],
 )
 def test_bad_latency_settings_are_refused_naming_the_value(tmp_path, override, message):

@@ -84,7 +84,8 @@ class SearchRun(TrainingRun):
         if s.latency_ms:
             from cream_tf import latency
 
-            predictor = latency.for_search(self.space, s.latency_table, s.latency_precision, s.latency_threads)
+            table = (s.latency_table, s.latency_precision, s.latency_threads, (s.flops_min, s.flops_max))
+            predictor = latency.for_search(self.space, *table, s.latency_calibration)
             bounds = {"latency": predictor, "latency_range": s.latency_ms}
         self.sampler = PathSampler(
             self.space,

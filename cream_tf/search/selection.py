@@ -195,7 +195,7 @@ def latency_settings(search) -> dict:
     return {
         "latency_range_ms": list(search.config.space.latency_ms),
         "latency": {"precision": predictor.precision, "threads": table.threads, "table": str(table.path)}
-        | {"runtime": table.runtime, "device": table.device},
+        | {"runtime": table.runtime, "device": table.device, "calibration_scale": round(predictor.scale, 4)},
     }
 
 
