@@ -75,12 +75,12 @@ def study(name: str, args) -> list[dict]:
     tab = latency.LatencyTable.open(folder / f"table_t{args.threads}.json", args.threads)
     records_file = folder / f"networks_t{args.threads}.json"
     records = json.loads(records_file.read_text()) if records_file.is_file() else []
-    archs = list(latency.calibration_archs(space, flops_range, args.nets, seed=args.seed).values())
+    archs = list(latency.drawn_archs(space, flops_range, args.nets, seed=args.seed).values())
     for index, arch in enumerate(archs):
         if index == len(records):
             records.append({"arch": str(arch), "mflops": flops_of(arch) / 1e6})
         assert records[index]["arch"] == str(arch), f"{records_file} was drawn otherwise; move it away"
-    wanted = latency.pieces_of_space(space) | latency.calibration_archs(space, flops_range, args.calibration)
+    wanted = latency.pieces_of_space(space) | latency.drawn_archs(space, flops_range, args.calibration)
     if args.convert_only:  # every file made now, to be timed by a later run
         atomic.write_json(records_file, records)
         for precision in args.precisions:

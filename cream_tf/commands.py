@@ -59,7 +59,7 @@ def latency(arch, *, latency_table=None, threads=1, int8=False, refresh=False, c
 
     precision = "int8" if int8 else "float32"
     table = lat.LatencyTable.open(latency_table or lat.default_table_path(threads), threads, refresh)
-    wanted = lat.pieces(arch) | lat.calibration_archs(SearchSpace(arch), (0, math.inf), calibration)
+    wanted = lat.pieces(arch) | lat.drawn_archs(SearchSpace(arch), (0, math.inf), calibration)
     measured_now = lat.measure_missing(table, wanted, (precision,))
     keys = lat.network_keys(arch)
     predicted = lat.predict_ms(arch, table, precision)

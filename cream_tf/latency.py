@@ -14,7 +14,7 @@ timed alone runs with hot caches); `benchmarks/latency.py` measures how close bo
 whole networks.
 
     table = LatencyTable.open("runs/latency/host-t1.json", threads=1)   # or a new, empty one
-    wanted = pieces_of_space(space) | calibration_archs(space, (0, 600))
+    wanted = pieces_of_space(space) | drawn_archs(space, (0, 600))
     measure_missing(table, wanted, ("float32",))                          # resumable
     predict_ms(arch, table, "float32")
 
@@ -124,12 +124,13 @@ def pieces_of_space(space: SearchSpace) -> dict[str, BlockSpec | Head]:
     return _keyed(specs, head_of(space.template))
 
 
-def calibration_archs(
+def drawn_archs(
     space: SearchSpace, flops_range: tuple[float, float], nets: int = 10, seed: int = CALIBRATION_SEED
 ) -> dict[str, Arch]:
     """`nets` different paths of `space` drawn as its search draws them (uniform prior,
-    `flops_range` in MFLOPs), by their architecture strings: the networks that calibrate a table's
-    sum. Fewer in a space with fewer paths (the draws stop after 20 per network)."""
+    `flops_range` in MFLOPs), by their architecture strings; with the default seed, the networks
+    that calibrate a table's sum. Fewer in a space with fewer paths (the draws stop after 20 per
+    network)."""
     from cream_tf.search.sampler import PathSampler
 
     sampler, archs = PathSampler(space, flops_range, seed=seed), {}
@@ -519,7 +520,7 @@ def for_search(
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
         table = LatencyTable.open(path, threads)
-        wanted = pieces_of_space(space) | calibration_archs(space, flops_range, calibration)
+        wanted = pieces_of_space(space) | drawn_archs(space, flops_range, calibration)
         if any(key not in table.section(piece, precision) for key, piece in wanted.items()):
             if table.device.startswith(HOST):
                 logging.info("Latency table %s: measuring the blocks of this space it lacks (%s).", path, precision)
@@ -595,7 +596,7 @@ def main(argv=None) -> None:
 
         config = config_lib.load(config_lib.SearchConfig, args.config_file, args.params_override)
         space, s = build_space(config), config.space
-        calibration = calibration_archs(space, (s.flops_min, s.flops_max), s.latency_calibration)
+        calibration = drawn_archs(space, (s.flops_min, s.flops_max), s.latency_calibration)
         print(write_pieces(space, args.out, args.precisions.split(","), calibration))
     else:
         table = table_from_timings(args.manifest, args.timings, args.out, args.threads, args.device, args.runtime)

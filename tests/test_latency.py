@@ -26,7 +26,7 @@ SPACE = SearchSpace.create(
 )
 PIECES = 10  # stem, ds, each stage's first block, stage 3's later block, cn, head
 # Whole networks, drawn as --mode=latency and a search draw them (every path is far under 100 MFLOPs).
-CALIBRATION = latency.calibration_archs(SPACE, (0, math.inf), 2)
+CALIBRATION = latency.drawn_archs(SPACE, (0, math.inf), 2)
 
 
 @pytest.fixture(scope="module")
