@@ -75,12 +75,13 @@ def study(name: str, args) -> list[dict]:
     tab = latency.LatencyTable.open(folder / f"table_t{args.threads}.json", args.threads)
     records_file = folder / f"networks_t{args.threads}.json"
     records = json.loads(records_file.read_text()) if records_file.is_file() else []
-    archs = list(latency.drawn_archs(space, flops_range, args.nets, seed=args.seed).values())
+    wanted = latency.pieces_of_space(space) | latency.drawn_archs(space, flops_range, args.calibration)
+    drawn = latency.drawn_archs(space, flops_range, args.nets + args.calibration, seed=args.seed)
+    archs = [arch for key, arch in drawn.items() if key not in wanted][: args.nets]  # never a calibration network
     for index, arch in enumerate(archs):
         if index == len(records):
             records.append({"arch": str(arch), "mflops": flops_of(arch) / 1e6})
         assert records[index]["arch"] == str(arch), f"{records_file} was drawn otherwise; move it away"
-    wanted = latency.pieces_of_space(space) | latency.drawn_archs(space, flops_range, args.calibration)
     if args.convert_only:  # every file made now, to be timed by a later run
         atomic.write_json(records_file, records)
         for precision in args.precisions:
@@ -102,15 +103,14 @@ def study(name: str, args) -> list[dict]:
                 record[precision] = {**stats, "passes": number}
             atomic.write_json(records_file, records)
             figures = ", ".join(f"{p} {record[p]['ms']:.3f} ms" for p in args.precisions)
-            where = f"{name} pass {number}, {index + 1}/{args.nets}"
+            where = f"{name} pass {number}, {index + 1}/{len(archs)}"
             print(f"{where}: {arch.path} {record['mflops']:.1f} MFLOPs; {figures}", flush=True)
-    held_out = [r for r in records[: args.nets] if r["arch"] not in wanted]  # never a calibration network
-    for record in held_out:
+    for record in records[: len(archs)]:
         arch = Arch.parse(record["arch"])
         for precision in args.precisions:
             record[precision]["predicted_ms"] = latency.predict_ms(arch, tab, precision)
             record[precision]["scale"] = tab.scale(precision, arch.input_size)
-    return held_out
+    return records[: len(archs)]
 
 
 def misordered(score, measured) -> int:
