@@ -26,7 +26,8 @@ the mean matching value m and the teacher index's spread over the distillation s
     .venv/bin/python benchmarks/official_switches.py --runs=ours,official,ours+1,m_from
 
 Resumable: the shared inputs (initial weights, batches, paths, held-out images) and every run's
-figures go to --out as soon as they exist; a run already there is not run again.
+figures go to --out as soon as they exist; a run already there is not run again. The inputs are
+made under TensorFlow's op determinism, so the same config makes the same inputs anew.
 """
 
 from __future__ import annotations
@@ -149,6 +150,10 @@ class Inputs:
             self.meta.weight.copy_(torch.rand(self.meta.weight.shape, generator=generator) * 2 - 1)
             self.meta.bias.zero_()
         torch.save({"net": self.net.state_dict(), "meta": self.meta.state_dict()}, self.folder / "initial.pt")
+        # The pipeline's random crops and flips run in a parallel map, whose elements take the
+        # random ops' draws in whatever order they run; under op determinism a seed gives the same
+        # batches in every process, so the inputs can be made again.
+        tf.config.experimental.enable_op_determinism()
         images, labels = [], []
         for epoch in range(config.train.epochs):  # TrainingRun.dataset's seeds, one worker
             batches = data.load(
