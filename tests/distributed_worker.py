@@ -30,13 +30,18 @@ if MODE == "mirrored":
 import keras
 
 from cream_tf.arch import SearchSpace
+from cream_tf.candidates import Candidate, OpSet
 from cream_tf.config import SearchConfig
 from cream_tf.search.board import Entry, PrioritizedBoard
 from cream_tf.search.trainer import SearchModel
 from cream_tf.supernet import Supernet
 
+# Two candidates per position: what is compared does not depend on how many a position has, and
+# the step's graph, which each replica traces (most of these processes' time), is a third of the
+# paper space's six.
+OPS = OpSet((Candidate(kernel=3, expansion=4), Candidate(kernel=5, expansion=6)))
 SPACE = SearchSpace.create(
-    (1, 1, 1, 1, 1), input_size=16, in_channels=1, num_classes=10, stem_stride=1, stem_channels=8, dropout=0.0
+    (1, 1, 1, 1, 1), input_size=16, in_channels=1, num_classes=10, stem_stride=1, stem_channels=8, dropout=0.0, ops=OPS
 )  # dropout masks differ per replica
 BATCH = 16
 
@@ -79,7 +84,7 @@ def train(strategy, steps, initial=None, meta=True):
     rng = np.random.default_rng(1)
     snapshots = []
     for step in range(steps):
-        path = rng.integers(0, 6, size=len(SPACE.positions)).astype(np.int32)
+        path = rng.integers(0, len(OPS.ops), size=len(SPACE.positions)).astype(np.int32)
         distill = len(board) > 0
         trainer.set_step(path, 0.1, distill, meta=distill and meta)
         capture = Capture()

@@ -12,11 +12,23 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from test_search import REPO, TINY, _final_state, _tiny, assert_same_state
+import test_search
+from test_search import REPO, _final_state, assert_same_state
 
 from cream_tf import RunError, atomic, folders, run_guard
 
 HERE = Path(__file__).resolve().parent
+# test_search's tiny search with two candidates per position (the paper space has six): resuming,
+# refusing and stopping do not depend on how many a position has, and every search here traces its
+# step, most of its time, over a third of the blocks.
+TINY = test_search.TINY.replace(
+    "stem_channels: 8}", "stem_channels: 8, candidates: [{kernel: 3}, {kernel: 5, expansion: 6}]}"
+).replace("cream: {", "cream: {prior: [], ")
+assert TINY.count("candidates") == 1 and TINY.count("prior") == 1
+
+
+def _tiny(tmp_path, override=""):
+    return test_search._tiny(tmp_path, override, TINY)
 
 
 def _worker(config, model_dir, fault):

@@ -409,9 +409,9 @@ selection: {recalibrate_batches: 2, eval_batches: 2}
 """
 
 
-def _tiny(tmp_path, override=""):
+def _tiny(tmp_path, override="", text=TINY):
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
+    path.write_text(text)
     return config_lib.load(SearchConfig, str(path), override)
 
 
