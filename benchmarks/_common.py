@@ -16,6 +16,10 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+# Smoke runs search a space of two candidates per position (the paper space has six): a smoke run
+# shows that a script works, and each of its searches traces a step over a third of the blocks.
+SMOKE_CANDIDATES = "space.candidates=[{kernel: 3}, {kernel: 5, expansion: 6}],cream.prior=[]"
+
 
 def lscpu() -> dict[str, str]:
     try:

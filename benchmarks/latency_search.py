@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine, table
+from _common import SMOKE_CANDIDATES, machine, table
 
 REPO = Path(__file__).resolve().parent.parent
 DEPTHS = "space.depths=[1,1,3,1,1]"  # what the default's flops_max=12 derives (flops.depths_for_flops_range)
@@ -43,7 +43,8 @@ DEPTHS = "space.depths=[1,1,3,1,1]"  # what the default's flops_max=12 derives (
 SMOKE = (
     "data.image_size=16,data.validation_size=256,data.batch_size=32,space.depths=[1,1,1,1,1],space.stem_channels=8,"
     "space.flops_max=100,cream.pick_method=none,cream.board_size=2,cream.warmup_epochs=1,train.epochs=2,"
-    "train.steps_per_epoch=3,selection.recalibrate_batches=2,selection.eval_batches=2,selection.export=false"
+    "train.steps_per_epoch=3,selection.recalibrate_batches=2,selection.eval_batches=2,selection.export=false,"
+    + SMOKE_CANDIDATES
 )
 
 

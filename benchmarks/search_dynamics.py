@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
-from _common import machine
+from _common import SMOKE_CANDIDATES, machine
 
 from cream_tf import blocks
 from cream_tf import config as config_lib
@@ -37,7 +37,8 @@ from cream_tf.search.run import SearchRun
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = (
     "data.image_size=16,data.validation_size=256,data.batch_size=32,space.depths=[1,1,1,1,1],space.stem_channels=8,"
-    "cream.board_size=3,cream.warmup_epochs=1,cream.meta_update_every=2,train.epochs=2,train.steps_per_epoch=4"
+    "cream.board_size=3,cream.warmup_epochs=1,cream.meta_update_every=2,train.epochs=2,train.steps_per_epoch=4,"
+    + SMOKE_CANDIDATES
 )
 INITS = {
     # timm's _init_weight_goog, which the official supernet and child nets call: convolutions

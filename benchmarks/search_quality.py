@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
-from _common import machine
+from _common import SMOKE_CANDIDATES, machine
 
 from cream_tf import atomic, data
 from cream_tf import config as config_lib
@@ -52,7 +52,7 @@ METHODS = ("meta", "top1", "none")
 SMOKE_SEARCH = (
     "data.image_size=16,data.validation_size=256,data.batch_size=32,space.depths=[1,1,1,1,1],space.stem_channels=8,"
     "cream.board_size=3,cream.warmup_epochs=1,cream.meta_update_every=2,train.epochs=2,train.steps_per_epoch=4,"
-    "selection.recalibrate_batches=2,selection.eval_batches=2"
+    f"selection.recalibrate_batches=2,selection.eval_batches=2,{SMOKE_CANDIDATES}"
 )
 
 
@@ -97,16 +97,31 @@ def spearman_rho(x, y) -> float:
 # --- the study -----------------------------------------------------------------------------------
 
 
+def uniform_path(space: SearchSpace, rng: np.random.Generator) -> tuple[int, ...] | None:
+    """A path drawn uniformly over the space's candidates at each position; None when a position
+    does not allow its draw (a skip at a stage's first block)."""
+    path = tuple(int(c) for c in rng.integers(0, len(space.template.ops.ops), len(space.positions)))
+    return path if all(c in allowed for c, allowed in zip(path, space.allowed())) else None
+
+
 def fixed_paths(space: SearchSpace, config: config_lib.SearchConfig, count: int, seed: int) -> list[list[int]]:
-    """`count` paths spanning the FLOPs range: 50 x `count` drawn uniformly inside
-    `config.space`'s range, then one per FLOPs quantile."""
+    """`count` paths spanning the FLOPs range: 50 x `count` distinct paths drawn uniformly inside
+    `config.space`'s range (or as many as 1000 x `count` draws find, in a small space), then one
+    per FLOPs quantile."""
     table, low, high = FlopsTable(space), config.space.flops_min * 1e6, config.space.flops_max * 1e6
     rng = np.random.default_rng(seed)
     drawn = {}
-    while len(drawn) < 50 * count:
-        path = tuple(int(c) for c in rng.integers(0, 6, len(space.positions)))
-        if low <= table.macs(path) <= high:
+    for _ in range(1000 * count):
+        path = uniform_path(space, rng)
+        if path is not None and low <= table.macs(path) <= high:
             drawn[path] = table.macs(path)
+            if len(drawn) == 50 * count:
+                break
+    if len(drawn) < count:
+        raise SystemExit(
+            f"Only {len(drawn)} distinct paths in the FLOPs range {config.space.flops_min}-"
+            f"{config.space.flops_max} M; --paths={count} needs as many."
+        )
     ordered = sorted(drawn, key=drawn.get)
     picks = np.linspace(0, len(ordered) - 1, count).round().astype(int)
     return [list(ordered[i]) for i in picks]
@@ -212,9 +227,11 @@ class Study:
         for _ in range(100000):
             if len(found) >= self.args.random:
                 break
-            path = tuple(int(c) for c in rng.integers(0, 6, len(space.positions)))
+            path = uniform_path(space, rng)
+            if path is None or not matched(path):
+                continue
             name = str(space.arch(path).path)
-            if matched(path) and name not in found:
+            if name not in found:
                 found.append(name)
                 pool.append(name)
         self.save()
