@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
 # Every benchmark script; files named _*.py are helper modules the scripts import.
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
 # Studies take hours and run on their own, not from run_all.sh; each has its own smoke test below.
@@ -220,6 +221,26 @@ def test_rank_correlations_match_a_hand_computed_example():
     # in x and one in y, so tau = 4 / sqrt(5 * 5).
     assert kendall_tau([1, 2, 2, 3], [1, 3, 2, 3]) == pytest.approx(0.8)
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_fixed_paths_span_the_flops_range_with_the_space_s_own_candidates():
+    """The depth preset: seven candidates, the seventh a skip, never at a stage's first block."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from search_quality import fixed_paths
+
+    from cream_tf import config as config_lib
+    from cream_tf.flops import FlopsTable, build_space
+
+    config = config_lib.load(
+        config_lib.SearchConfig, f"{REPO}/configs/search/fashion_mnist.yaml,{REPO}/configs/spaces/depth.yaml"
+    )
+    space = build_space(config)
+    paths = fixed_paths(space, config, 16, 0)
+    macs = [FlopsTable(space).macs(p) / 1e6 for p in paths]
+    assert len({tuple(p) for p in paths}) == 16 and macs == sorted(macs), paths
+    assert config.space.flops_min <= macs[0] and macs[-1] <= config.space.flops_max, macs
+    assert all(c in allowed for p in paths for c, allowed in zip(p, space.allowed())), paths
+    assert any(6 in p for p in paths), paths  # skips are drawn where allowed
 
 
 def test_search_quality_smoke_reports_every_method():
