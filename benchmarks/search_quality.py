@@ -31,6 +31,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -97,11 +98,13 @@ def spearman_rho(x, y) -> float:
 # --- the study -----------------------------------------------------------------------------------
 
 
-def uniform_path(space: SearchSpace, rng: np.random.Generator) -> tuple[int, ...] | None:
-    """A path drawn uniformly over the space's candidates at each position; None when a position
-    does not allow its draw (a skip at a stage's first block)."""
-    path = tuple(int(c) for c in rng.integers(0, len(space.template.ops.ops), len(space.positions)))
-    return path if all(c in allowed for c, allowed in zip(path, space.allowed())) else None
+def uniform_paths(space: SearchSpace, rng: np.random.Generator, draws: int) -> Iterator[tuple[int, ...] | None]:
+    """`draws` paths drawn uniformly over the space's candidates at each position; None for a draw
+    that a position does not allow (a skip at a stage's first block)."""
+    allowed, candidates = space.allowed(), len(space.template.ops.ops)
+    for _ in range(draws):
+        path = tuple(int(c) for c in rng.integers(0, candidates, len(space.positions)))
+        yield path if all(c in a for c, a in zip(path, allowed)) else None
 
 
 def fixed_paths(space: SearchSpace, config: config_lib.SearchConfig, count: int, seed: int) -> list[list[int]]:
@@ -111,8 +114,7 @@ def fixed_paths(space: SearchSpace, config: config_lib.SearchConfig, count: int,
     table, low, high = FlopsTable(space), config.space.flops_min * 1e6, config.space.flops_max * 1e6
     rng = np.random.default_rng(seed)
     drawn = {}
-    for _ in range(1000 * count):
-        path = uniform_path(space, rng)
+    for path in uniform_paths(space, rng, 1000 * count):
         if path is not None and low <= table.macs(path) <= high:
             drawn[path] = table.macs(path)
             if len(drawn) == 50 * count:
@@ -224,10 +226,9 @@ class Study:
 
         found = [name for name in pool if matched(_flat(name))][: self.args.random]
         rng = np.random.default_rng(int(mflops * 1000))
-        for _ in range(100000):
+        for path in uniform_paths(space, rng, 100000):
             if len(found) >= self.args.random:
                 break
-            path = uniform_path(space, rng)
             if path is None or not matched(path):
                 continue
             name = str(space.arch(path).path)
