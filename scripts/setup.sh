@@ -17,11 +17,25 @@ if [[ ! -f "$data" ]]; then
     || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null; }
 fi
 
+# The TensorFlow wheel is over 600 MB and a dropped connection near its end fails the whole
+# install: pip resumes a broken download (--resume-retries), and an install that still fails
+# is tried again from pip's cache, up to three times, before the error stands.
+pip_install() {
+  local try
+  for try in 1 2 3; do
+    .venv/bin/python -m pip install -q --retries 10 --timeout 60 --resume-retries 20 "$@" && return 0
+    echo "pip install $* failed (attempt $try of 3)" >&2
+    sleep $((try * 10))
+  done
+  return 1
+}
+
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -r requirements.txt -c constraints.txt
+.venv/bin/python -m pip install -q --retries 10 --timeout 60 --upgrade pip \
+  || .venv/bin/python -m pip install -q --retries 10 --timeout 60 --upgrade pip
+pip_install -r requirements.txt -c constraints.txt
 if [[ $with_test == 1 ]]; then
-  .venv/bin/python -m pip install -q -r requirements-test.txt -c constraints.txt
+  pip_install -r requirements-test.txt -c constraints.txt
 fi
-.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+pip_install --no-deps --no-build-isolation -e .
 echo "cream_tf is set up in .venv"
