@@ -18,12 +18,12 @@ if [[ ! -f "$data" ]]; then
 fi
 
 # The TensorFlow wheel is over 600 MB and a dropped connection near its end fails the whole
-# install: pip resumes a broken download (--resume-retries), and an install that still fails
-# is tried again from pip's cache, up to three times, before the error stands.
+# install: an install that fails is tried again, up to three times (what it finished comes from
+# pip's cache), before the error stands.
 pip_install() {
   local try
   for try in 1 2 3; do
-    .venv/bin/python -m pip install -q --retries 10 --timeout 60 --resume-retries 20 "$@" && return 0
+    .venv/bin/python -m pip install -q --retries 10 "$@" && return 0
     echo "pip install $* failed (attempt $try of 3)" >&2
     sleep $((try * 10))
   done
@@ -31,8 +31,9 @@ pip_install() {
 }
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --retries 10 --timeout 60 --upgrade pip \
-  || .venv/bin/python -m pip install -q --retries 10 --timeout 60 --upgrade pip
+pip_install --upgrade pip
+# pip 25.1 and newer (just installed) resume a broken download where it stopped.
+export PIP_RESUME_RETRIES=20
 pip_install -r requirements.txt -c constraints.txt
 if [[ $with_test == 1 ]]; then
   pip_install -r requirements-test.txt -c constraints.txt
