@@ -169,14 +169,22 @@ def report(args, warmup_epochs: int) -> None:
             epochs = next(iter(data.values())).shape[1]
             pairs = {m: curves({s: runs[m][s] for s in both}, key) for m in ("meta", "none")} if len(both) > 1 else {}
             header = ["epoch", *(f"{m} (mean +- sd)" for m in data)]
-            header += [f"meta - none, {len(both)} paired seeds [95% CI]"] if pairs else []
+            if pairs:
+                header += [f"meta - none, {len(both)} paired seeds [95% CI]", "its change since the warm-up"]
+            # Both methods run the same warm-up steps, so meta - none at its end is run-to-run noise;
+            # the change since then is what the distillation epochs added to it.
+            since = {m: p - p[:, [warmup_epochs - 1]] for m, p in pairs.items()}
             after = slice(warmup_epochs, epochs)  # the distillation epochs: their mean is the area under the curve
             selections = [(str(e + 1) + (" (warm-up)" if e < warmup_epochs else ""), e) for e in range(epochs)]
             rows = []
             for label, index in [*selections, ("mean after warm-up", after)]:
                 pick = functools.partial(_at, index=index)
                 row = [label, *(mean_sd(pick(d)) for d in data.values())]
-                rows.append(row + ([paired(pick(pairs["meta"]), pick(pairs["none"]))] if pairs else []))
+                if pairs:
+                    distilled = not isinstance(index, int) or index >= warmup_epochs
+                    row.append(paired(pick(pairs["meta"]), pick(pairs["none"])))
+                    row.append(paired(pick(since["meta"]), pick(since["none"])) if distilled else "")
+                rows.append(row)
             print(f"\n{name}\n\n" + table(header, rows) + "\n")
         figures.append((factor, runs))
     if figures:
